@@ -1,0 +1,508 @@
+"""Run configuration: one JSON file per run, read into one typed dataclass per section.
+
+A config file is a JSON object whose top-level keys are sections (`model`, `xml_cnn`, `sgm`,
+`data`, `synthetic`, `train`, `parallel`, `eval`, `deepspeed`). Every section but `deepspeed` is a
+dataclass below; `deepspeed` is handed verbatim to `deepspeed.initialize(config=...)` so that
+DeepSpeed's own settings (batch sizes, ZeRO, precision, clipping, monitors) have one home.
+
+Command-line overrides use `--section.key value` (`--train.max_steps 20`,
+`--deepspeed.zero_optimization.stage 2`). Values are parsed as JSON when they parse, else kept as
+strings, then checked against the field's type.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class UserError(Exception):
+    """A mistake in what the user gave us (config, data, paths): shown as one sentence, exit 2."""
+
+
+class ConfigError(UserError):
+    """A bad config file, key, value or override."""
+
+
+class DataError(UserError):
+    """A missing or malformed data file: the message names the file and line."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "xml_cnn"
+    """Which model: "xml_cnn" (Liu et al. 2017; Kim-CNN as a config of it) or "sgm" (Yang et al. 2018)."""
+    embed_dim: int = 300
+    """Word-embedding width D."""
+    dropout: float = 0.5
+    """Dropout before the output layer (XML-CNN) or on the decoder output (SGM)."""
+    embed_dropout: float = 0.25
+    """Dropout on the word embeddings."""
+    kernels: str = "auto"
+    """Fused ops: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch" (rule a kernel out)."""
+
+
+@dataclass
+class XMLCNNConfig:
+    filter_widths: list[int] = field(default_factory=lambda: [2, 4, 8])
+    """Convolution filter widths; one group of `num_filters` filters per width."""
+    num_filters: int = 32
+    """Filters per width."""
+    conv_over: str = "sequence"
+    """"sequence": filters slide over token positions (paper, Kim-CNN); "embedding": the S token
+    positions are input channels and filters slide along the embedding axis (S x F x sum(widths) weights)."""
+    pooling_chunks: int = 128
+    """Dynamic max pooling: each feature map is cut into p chunks and the max of each kept; 1 = global max pooling."""
+    bottleneck: int = 512
+    """Width of the hidden layer between pooling and output; 0 = none (Kim-CNN)."""
+    loss: str = "fused"
+    """Output-layer loss: "fused" (chunked linear + BCE, never materializes batch x L logits) or "materialized"."""
+    loss_chunk_size: int = 8192
+    """Labels per chunk in the fused loss and chunked top-k."""
+
+
+@dataclass
+class SGMConfig:
+    hidden_size: int = 256
+    """LSTM hidden size (each direction of the encoder; the decoder uses 2x? see xmtc/models/sgm.py)."""
+    encoder_layers: int = 2
+    """BiLSTM encoder layers."""
+    decoder_layers: int = 2
+    """LSTM decoder layers."""
+    label_embed_dim: int = 256
+    """Label-embedding width."""
+    attention: str = "bahdanau"
+    """Attention over encoder states: "bahdanau" (the paper's additive attention) or "luong" (general)."""
+    global_embedding: str = "adaptive"
+    """"adaptive" (gate H = sigmoid(W1 e + W2 e_bar)), "fixed" (lambda mix) or "none" (plain SGM)."""
+    global_lambda: float = 0.5
+    """The fixed mix weight lambda when global_embedding = "fixed"."""
+    mask: bool = True
+    """Masked softmax: labels already emitted get probability zero."""
+    sort_labels: bool = True
+    """Target sequences sorted by label frequency, most frequent first (off: the paper's ablation)."""
+    max_decode_len: int = 10
+    """Maximum labels emitted per document (end-of-sequence usually comes first)."""
+    beam_size: int = 5
+    """Beam width at evaluation; 1 = greedy."""
+
+
+@dataclass
+class DataConfig:
+    format: str = "synthetic"
+    """"synthetic" (generated, see the `synthetic` section), "xmtc_text" ({train,test}_texts.txt +
+    {train,test}_labels.txt in `path`), "table" (JSONL/CSV/Parquet `train_file`/`test_file`),
+    "hub" (a Hugging Face Hub dataset `hub_name`) or "sgm" ({train,valid,test}.src/.tgt in `path`)."""
+    path: str = ""
+    """Directory holding the files of the "xmtc_text" and "sgm" formats (relative to the working directory)."""
+    train_file: str = ""
+    """"table": training file (.jsonl, .json, .csv or .parquet)."""
+    test_file: str = ""
+    """"table": test file."""
+    text_column: str = "text"
+    """"table"/"hub": column holding the document text."""
+    labels_column: str = "labels"
+    """"table"/"hub": column holding the label list (a list of strings, or one space-separated string)."""
+    hub_name: str = ""
+    """"hub": dataset name on the Hugging Face Hub."""
+    hub_config: str = ""
+    """"hub": dataset configuration name, if any."""
+    train_split: str = "train"
+    """"hub": split used for training."""
+    test_split: str = "test"
+    """"hub": split used for evaluation."""
+    tokenizer: str = "whitespace"
+    """"whitespace" (lower-cased word vocabulary) or "sentencepiece" (unigram model trained on the training texts)."""
+    vocab_size: int = 30000
+    """Vocabulary size, including the padding and unknown tokens."""
+    max_len: int = 500
+    """Tokens per document S (padded or truncated)."""
+    min_count: int = 1
+    """"whitespace": words seen fewer times in training map to the unknown token."""
+    cache_dir: str = ".cache/xmtc"
+    """Where tokenizers and tokenized corpora (Arrow, memory-mapped) are cached."""
+    bad_lines: str = "error"
+    """Empty or undecodable documents: "error" (stop, naming file and line) or "skip" (skip and count them)."""
+    unseen_labels: str = "drop"
+    """Test labels never seen in training: "drop" (removed and counted) or "error"."""
+
+
+@dataclass
+class SyntheticConfig:
+    num_labels: int = 2000
+    """Labels; power-law frequencies (Amazon-670K: 670,091)."""
+    num_train: int = 8000
+    """Training documents."""
+    num_test: int = 1000
+    """Test documents."""
+    labels_per_doc: float = 5.45
+    """Mean labels per document (Amazon-670K: 5.45)."""
+    doc_len: int = 250
+    """Mean words per document."""
+    words_per_label: int = 6
+    """Label-specific words each label owns; a document's text mixes its labels' words with noise."""
+    noise_words: int = 5000
+    """Background words shared by all labels."""
+    signal_fraction: float = 0.4
+    """Fraction of a document's words drawn from its labels' words (the rest is background)."""
+    zipf_exponent: float = 1.0
+    """Label-frequency power law exponent."""
+    seed: int = 1234
+    """Generator seed (the corpus is a pure function of this section)."""
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    """Run directory: config.json, checkpoints/, metrics.jsonl, final_metrics.json, logs."""
+    seed: int = 0
+    """Seed for parameters, dropout and data order."""
+    max_steps: int = 0
+    """Optimizer steps; 0 = run `epochs` epochs."""
+    epochs: float = 1.0
+    """Epochs when max_steps is 0."""
+    optimizer: str = "adamw"
+    """"adamw" or "adam" (a torch optimizer handed to DeepSpeed); ignored when the deepspeed section has an `optimizer` block."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """Adam betas."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    lr_schedule: str = "linear"
+    """Decay after warm-up: "linear", "cosine" or "constant"."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of the peak."""
+    log_every: int = 10
+    """Steps between log lines (loss, samples/s, memory)."""
+    eval_every: int = 0
+    """Steps between evaluations; 0 = only at the end."""
+    save_every: int = 0
+    """Steps between checkpoints; 0 = only at the end."""
+    resume: bool = False
+    """Continue from output_dir/checkpoints (tag `latest`) when one exists."""
+    precision: str = "auto"
+    """"auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16"; written into the deepspeed section."""
+    progress: bool = True
+    """tqdm progress bar on rank 0."""
+    device: str = "auto"
+    """"auto", "cpu" or "cuda"."""
+
+
+@dataclass
+class ParallelConfig:
+    label_shards: int = 1
+    """Ranks that split the output layer by label (tensor parallel); 1 = unsharded. Must divide the world size."""
+    dist_backend: str = "auto"
+    """torch.distributed backend: "auto" (nccl on CUDA, gloo on CPU), "gloo" or "nccl"."""
+    timeout_minutes: float = 30.0
+    """Collective timeout, so that a dead rank does not hang the others forever."""
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [1, 3, 5])
+    """k for P@k, nDCG@k and PSP@k."""
+    threshold: float = 0.5
+    """Score threshold for the set metrics (hamming loss, micro precision/recall/F1) of scoring models."""
+    max_predictions: int = 100
+    """Top labels kept per document; the thresholded set is taken among them."""
+    psp_a: float = 0.55
+    """Propensity parameter A (Jain et al. 2016)."""
+    psp_b: float = 1.5
+    """Propensity parameter B."""
+    batch_size: int = 256
+    """Documents per evaluation batch per rank."""
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "xml_cnn": XMLCNNConfig,
+    "sgm": SGMConfig,
+    "data": DataConfig,
+    "synthetic": SyntheticConfig,
+    "train": TrainConfig,
+    "parallel": ParallelConfig,
+    "eval": EvalConfig,
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.name": ("xml_cnn", "sgm"),
+    "model.kernels": ("auto", "triton", "torch"),
+    "xml_cnn.conv_over": ("sequence", "embedding"),
+    "xml_cnn.loss": ("fused", "materialized"),
+    "sgm.attention": ("bahdanau", "luong"),
+    "sgm.global_embedding": ("adaptive", "fixed", "none"),
+    "data.format": ("synthetic", "xmtc_text", "table", "hub", "sgm"),
+    "data.tokenizer": ("whitespace", "sentencepiece"),
+    "data.bad_lines": ("error", "skip"),
+    "data.unseen_labels": ("drop", "error"),
+    "train.optimizer": ("adamw", "adam"),
+    "train.lr_schedule": ("linear", "cosine", "constant"),
+    "train.precision": ("auto", "fp32", "bf16"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "parallel.dist_backend": ("auto", "gloo", "nccl"),
+}
+
+DEFAULT_DEEPSPEED: dict[str, Any] = {
+    "train_micro_batch_size_per_gpu": 32,
+    "gradient_accumulation_steps": 1,
+    "gradient_clipping": 1.0,
+    "zero_optimization": {"stage": 0},
+    "zero_allow_untested_optimizer": True,
+    "steps_per_print": 1_000_000_000,
+    "wall_clock_breakdown": False,
+}
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    xml_cnn: XMLCNNConfig = field(default_factory=XMLCNNConfig)
+    sgm: SGMConfig = field(default_factory=SGMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    deepspeed: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_DEEPSPEED))
+    source: str = ""
+    """The file the config was read from (not a config key)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        out["deepspeed"] = copy.deepcopy(self.deepspeed)
+        return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        from xmtc.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    # Batch arithmetic lives in the deepspeed section (DeepSpeed checks it too; we say it first, clearly).
+    @property
+    def micro_batch_size(self) -> int:
+        return int(self.deepspeed["train_micro_batch_size_per_gpu"])
+
+    @property
+    def grad_accum(self) -> int:
+        return int(self.deepspeed.get("gradient_accumulation_steps", 1))
+
+    def check_batch(self, world_size: int) -> None:
+        """Raise ConfigError unless train_batch_size = micro x accumulation x data-parallel size."""
+        expected = self.micro_batch_size * self.grad_accum * world_size
+        given = self.deepspeed.get("train_batch_size")
+        if given is not None and int(given) != expected:
+            raise ConfigError(
+                f"config key 'deepspeed.train_batch_size' is {given} but train_micro_batch_size_per_gpu "
+                f"({self.micro_batch_size}) x gradient_accumulation_steps ({self.grad_accum}) x "
+                f"data-parallel ranks ({world_size}) = {expected}; set it to {expected} or remove it"
+            )
+        if world_size % self.parallel.label_shards:
+            raise ConfigError(
+                f"config key 'parallel.label_shards' is {self.parallel.label_shards}, which does not divide "
+                f"the world size {world_size}; use a divisor of {world_size}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats. Raises ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list of {_type_name(inner)}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}' has the wrong type: got {value!r}, expected {tp}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            if key in CHOICES and value not in CHOICES[key]:
+                allowed = ", ".join(f'"{c}"' for c in CHOICES[key])
+                raise ConfigError(f"config key '{key}' is \"{value}\"; allowed: {allowed}")
+            return value
+        raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    raise TypeError(f"unsupported config annotation {tp} for {key}")
+
+
+def _build_section(name: str, raw: Any) -> Any:
+    cls = SECTIONS[name]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section '{name}' must be a JSON object, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(
+                f"config key '{name}.{key}' is unknown; section '{name}' allows: {', '.join(sorted(known))}"
+            )
+        kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A path that exists is used as is; a bare name is looked up in configs/ (".json" optional)."""
+    candidates = [Path(name_or_path)]
+    if not name_or_path.endswith(".json"):
+        candidates.append(Path(name_or_path + ".json"))
+    candidates += [CONFIG_DIR / c.name for c in list(candidates) if c.parent == Path(".")]
+    for c in candidates:
+        if c.is_file():
+            return c
+    shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+    raise ConfigError(f"config '{name_or_path}' is neither a file nor a config in {CONFIG_DIR} (shipped: {shipped})")
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """['--train.max_steps', '20', '--data.path=x'] -> {'train.max_steps': 20, 'data.path': 'x'}."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg:
+            raise ConfigError(f"argument '{arg}' is not an override of the form --section.key value")
+        if "=" in arg:
+            key, text = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override '{arg}' has no value; write {arg} VALUE")
+            key, text = arg[2:], args[i + 1]
+            i += 2
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        out[key] = value
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        section, *path = dotted.split(".")
+        if section not in SECTIONS and section != "deepspeed":
+            raise ConfigError(
+                f"override '--{dotted}' names an unknown section '{section}'; sections: "
+                f"{', '.join(list(SECTIONS) + ['deepspeed'])}"
+            )
+        node = raw.setdefault(section, {})
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '--{dotted}': '{part}' is not a section")
+        node[path[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {source or ''} must be a JSON object of sections")
+    unknown = set(raw) - set(SECTIONS) - {"deepspeed"}
+    if unknown:
+        raise ConfigError(
+            f"config section '{sorted(unknown)[0]}' is unknown; sections: {', '.join(list(SECTIONS) + ['deepspeed'])}"
+        )
+    kwargs = {name: _build_section(name, raw.get(name, {})) for name in SECTIONS}
+    ds = copy.deepcopy(DEFAULT_DEEPSPEED)
+    user_ds = raw.get("deepspeed", {})
+    if not isinstance(user_ds, dict):
+        raise ConfigError("config section 'deepspeed' must be a JSON object (DeepSpeed's own config)")
+    _merge(ds, user_ds)
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        if not isinstance(ds.get(key), int) or isinstance(ds.get(key), bool) or ds[key] < 1:
+            raise ConfigError(f"config key 'deepspeed.{key}' must be a positive integer, got {ds.get(key)!r}")
+    cfg = Config(**kwargs, deepspeed=ds, source=source)
+    _check_values(cfg)
+    return cfg
+
+
+def _merge(base: dict, update: dict) -> None:
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def _check_values(cfg: Config) -> None:
+    positive = {
+        "model.embed_dim": cfg.model.embed_dim,
+        "xml_cnn.num_filters": cfg.xml_cnn.num_filters,
+        "xml_cnn.pooling_chunks": cfg.xml_cnn.pooling_chunks,
+        "xml_cnn.loss_chunk_size": cfg.xml_cnn.loss_chunk_size,
+        "data.max_len": cfg.data.max_len,
+        "data.vocab_size": cfg.data.vocab_size,
+        "parallel.label_shards": cfg.parallel.label_shards,
+        "eval.batch_size": cfg.eval.batch_size,
+        "eval.max_predictions": cfg.eval.max_predictions,
+        "synthetic.num_labels": cfg.synthetic.num_labels,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key '{key}' must be at least 1, got {value}")
+    if not cfg.xml_cnn.filter_widths or min(cfg.xml_cnn.filter_widths) < 1:
+        raise ConfigError(f"config key 'xml_cnn.filter_widths' must be a non-empty list of positive widths, got {cfg.xml_cnn.filter_widths}")
+    width_limit = cfg.model.embed_dim if cfg.xml_cnn.conv_over == "embedding" else cfg.data.max_len
+    if max(cfg.xml_cnn.filter_widths) > width_limit:
+        raise ConfigError(
+            f"config key 'xml_cnn.filter_widths' has width {max(cfg.xml_cnn.filter_widths)}, wider than the "
+            f"{'embedding' if cfg.xml_cnn.conv_over == 'embedding' else 'sequence'} it slides over ({width_limit})"
+        )
+    if not 0.0 <= cfg.model.dropout < 1.0 or not 0.0 <= cfg.model.embed_dropout < 1.0:
+        raise ConfigError("config keys 'model.dropout' and 'model.embed_dropout' must be in [0, 1)")
+    if not cfg.eval.ks or min(cfg.eval.ks) < 1:
+        raise ConfigError(f"config key 'eval.ks' must be a non-empty list of positive k, got {cfg.eval.ks}")
+    if cfg.train.max_steps < 0 or cfg.train.epochs <= 0:
+        raise ConfigError("config keys 'train.max_steps' (>= 0) and 'train.epochs' (> 0) are out of range")
+
+
+def load_config(name_or_path: str, overrides: dict[str, Any] | list[str] | None = None) -> Config:
+    path = resolve_config_path(name_or_path)
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") from None
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return config_from_dict(raw, source=str(path))
