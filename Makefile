@@ -1,0 +1,44 @@
+# The README's two commands: `make demo` (train + evaluate XML-CNN with 2 processes on the embedded
+# synthetic default) and `make test` (the test suite; .ci/run calls it). Both install first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# DeepSpeed JIT-builds a small shared-memory op on first use: keep the build between runs.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export PYTHONUNBUFFERED := 1
+NPROC ?= 2
+CONFIG ?= xml_cnn_synthetic
+ARGS ?=
+
+.PHONY: install demo test bench reuters clean
+
+install: $(VENV)/.installed
+
+# --system-site-packages keeps a CUDA machine's own torch; a machine without torch and without
+# nvidia-smi gets the CPU wheel torch==2.13.0, never the multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+		echo "keeping the installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install --quiet torch; \
+	else \
+		$(PY) -m pip install --quiet torch==2.13.0; \
+	fi
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/deepspeed --num_gpus $(NPROC) launch/train.py --config $(CONFIG) $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+bench: install
+	$(PY) -m pytest tests/benchmarks --benchmark-enable --benchmark-only -q $(ARGS)
+
+reuters: install
+	$(VENV)/bin/deepspeed --num_gpus 2 launch/train.py --config xml_cnn_reuters $(ARGS)
+
+clean:
+	rm -rf $(VENV) .cache runs

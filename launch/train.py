@@ -1,0 +1,44 @@
+"""Train and evaluate an XMTC model.
+
+One device or CPU:       python launch/train.py --config debug_xml_cnn
+Several processes/GPUs:  deepspeed --num_gpus 2 launch/train.py --config xml_cnn_reuters
+                         torchrun --nproc_per_node 2 launch/train.py --config xml_cnn_reuters
+Several nodes:           see launch/slurm/ (sbatch) or deepspeed --hostfile
+Overrides:               ... --train.max_steps 20 --deepspeed.zero_optimization.stage 2
+
+A bare config name is looked up in configs/; a path works too. User errors (bad config key, missing
+data file) print one sentence and exit with 2; a run checkpointed on SIGUSR1/SIGTERM exits with 75.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from xmtc.config import UserError, load_config  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="config name in configs/ or path to a JSON file")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args(argv)
+    try:
+        cfg = load_config(args.config, rest)
+        from xmtc.trainer import EXIT_REQUEUE, Preempted, train
+
+        try:
+            train(cfg, args.local_rank)
+        except Preempted:
+            return EXIT_REQUEUE
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+import json
+
+import pytest
+
+from xmtc.config import CONFIG_DIR, ConfigError, apply_overrides, config_from_dict, load_config, parse_overrides
+
+SHIPPED = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_loads(name):
+    cfg = load_config(name)
+    assert cfg.source.endswith(f"{name}.json")
+    assert cfg.micro_batch_size >= 1
+
+
+def test_required_configs_are_shipped():
+    for name in ("xml_cnn_670k", "xml_cnn_reuters", "debug_xml_cnn", "kim_cnn_reuters"):
+        assert name in SHIPPED
+
+
+def test_bare_name_and_path_resolve_to_the_same(tmp_path):
+    by_name = load_config("debug_xml_cnn")
+    by_path = load_config(str(CONFIG_DIR / "debug_xml_cnn.json"))
+    assert by_name.to_dict() == by_path.to_dict()
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config("debug_xml_cnn", ["--train.max_steps", "7", "--deepspeed.zero_optimization.stage", "2",
+                                        "--data.path=/x y", "--model.dropout", "0", "--eval.ks", "[1,2]"])
+    assert cfg.train.max_steps == 7
+    assert cfg.deepspeed["zero_optimization"]["stage"] == 2
+    assert cfg.data.path == "/x y"
+    assert cfg.model.dropout == 0.0 and isinstance(cfg.model.dropout, float)
+    assert cfg.eval.ks == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"train": {"max_step": 3}}, "config key 'train.max_step' is unknown"),
+        ({"train": {"max_steps": "ten"}}, "config key 'train.max_steps' must be an integer, got 'ten'"),
+        ({"train": {"resume": 1}}, "config key 'train.resume' must be true or false"),
+        ({"model": {"name": "bert"}}, "config key 'model.name' is \"bert\"; allowed: \"xml_cnn\", \"sgm\""),
+        ({"trainer": {}}, "config section 'trainer' is unknown"),
+        ({"xml_cnn": {"filter_widths": [2, "4"]}}, "config key 'xml_cnn.filter_widths[1]' must be an integer"),
+        ({"deepspeed": {"train_micro_batch_size_per_gpu": 0}}, "deepspeed.train_micro_batch_size_per_gpu' must be a positive integer"),
+        ({"data": {"max_len": 4}, "xml_cnn": {"filter_widths": [2, 8]}}, "wider than the sequence it slides over (4)"),
+    ],
+)
+def test_bad_configs_name_the_key(raw, message):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(raw)
+    assert message in str(e.value)
+
+
+def test_inconsistent_batch_size_names_the_numbers():
+    cfg = config_from_dict({"deepspeed": {"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 2,
+                                          "train_batch_size": 64}})
+    cfg.check_batch(4)  # 8 x 2 x 4 = 64
+    with pytest.raises(ConfigError, match=r"x data-parallel ranks \(2\) = 32; set it to 32"):
+        cfg.check_batch(2)
+
+
+def test_label_shards_must_divide_world_size():
+    cfg = config_from_dict({"parallel": {"label_shards": 3}})
+    with pytest.raises(ConfigError, match="does not divide the world size 4"):
+        cfg.check_batch(4)
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="has no value"):
+        parse_overrides(["--train.max_steps"])
+    with pytest.raises(ConfigError, match="not an override"):
+        parse_overrides(["max_steps", "3"])
+    with pytest.raises(ConfigError, match="unknown section 'trian'"):
+        apply_overrides({}, {"trian.max_steps": 3})
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="neither a file nor a config"):
+        load_config("no_such_config")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"train": {"max_steps": 3,}}')
+    with pytest.raises(ConfigError, match=r"bad.json line 1 column \d+: invalid JSON"):
+        load_config(str(bad))
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = load_config("xml_cnn_670k", ["--train.max_steps", "3"])
+    cfg.save(tmp_path / "c.json")
+    again = load_config(str(tmp_path / "c.json"))
+    assert again.to_dict() == cfg.to_dict()
+    assert json.loads((tmp_path / "c.json").read_text())["train"]["max_steps"] == 3

@@ -1,0 +1,62 @@
+"""Reading DeepSpeed checkpoints back into plain modules (for predict, evaluate and re-sharding).
+
+A run's checkpoints live in `<output_dir>/checkpoints/<tag>/`, `latest` naming the newest tag.
+ZeRO 0-2 keep full weights in `mp_rank_00_model_states.pt`; ZeRO-3 keeps them partitioned, and
+DeepSpeed's own `zero_to_fp32` reassembles them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from xmtc.config import Config, UserError, load_config
+
+
+def resolve_tag(ckpt_dir: Path, tag: str | None) -> str:
+    if tag:
+        if not (ckpt_dir / tag).is_dir():
+            raise UserError(f"checkpoint tag '{tag}' does not exist in {ckpt_dir}")
+        return tag
+    latest = ckpt_dir / "latest"
+    if not latest.is_file():
+        raise UserError(f"{ckpt_dir} holds no checkpoint (no 'latest' file); train first or pass --tag")
+    return latest.read_text().strip()
+
+
+def _zero_stage(tag_dir: Path) -> int:
+    states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    return int(states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0))
+
+
+def load_model_state(ckpt_dir: str | Path, tag: str | None = None) -> dict[str, torch.Tensor]:
+    """Full (unsharded) fp32 state dict of the model saved under `ckpt_dir`."""
+    ckpt_dir = Path(ckpt_dir)
+    tag = resolve_tag(ckpt_dir, tag)
+    tag_dir = ckpt_dir / tag
+    if (tag_dir / "label_shards.json").is_file():
+        from xmtc.parallel.reshard import load_unsharded_state
+
+        return load_unsharded_state(tag_dir)
+    if _zero_stage(tag_dir) == 3:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    return {k: v.float() for k, v in states["module"].items()}
+
+
+def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu"):
+    """(config, model with trained weights in eval mode, corpus) of a finished or running run."""
+    from xmtc.data import load_corpus
+    from xmtc.models import build_model
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.json); pass the train.output_dir of a run")
+    cfg: Config = load_config(str(run_dir / "config.json"))
+    corpus = load_corpus(cfg.data, cfg.synthetic)
+    model = build_model(cfg, corpus.num_labels, corpus.vocab_size)
+    model.load_state_dict(load_model_state(run_dir / "checkpoints", tag))
+    return cfg, model.to(device).eval(), corpus

@@ -1,0 +1,111 @@
+"""Process-group set-up for every way the trainer is started, and rank-0 printing.
+
+Launchers covered: `deepspeed` (passes --local_rank and sets RANK/WORLD_SIZE), `torchrun` (env),
+`srun` with one process per rank (SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS mapped here), and plain
+`python` (a one-process group on a free local port).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from xmtc.config import ConfigError, ParallelConfig
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def map_launcher_env(local_rank_arg: int | None = None) -> None:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from whatever launched us."""
+    env = os.environ
+    if "RANK" not in env and "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        env["RANK"] = env["SLURM_PROCID"]
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+        env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+        if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+            raise ConfigError("srun launch: export MASTER_ADDR and MASTER_PORT in the batch script (see launch/slurm/)")
+    if local_rank_arg is not None and "LOCAL_RANK" not in env:
+        env["LOCAL_RANK"] = str(local_rank_arg)
+    if "RANK" not in env:
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(free_port()))
+
+
+def resolve_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("config key 'train.device' is \"cuda\" but no CUDA device is visible; use \"auto\" or \"cpu\"")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def setup(parallel: ParallelConfig, device: str = "auto", local_rank_arg: int | None = None) -> DistInfo:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, NCCL on CUDA) and pick the device."""
+    import deepspeed
+
+    map_launcher_env(local_rank_arg)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    backend = parallel.dist_backend
+    if backend == "auto":
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+    if backend == "nccl" and dev.type != "cuda":
+        raise ConfigError("config key 'parallel.dist_backend' is \"nccl\" but the device is the CPU; use \"gloo\" or \"auto\"")
+    if not dist.is_initialized():
+        deepspeed.init_distributed(
+            dist_backend=backend,
+            auto_mpi_discovery=False,
+            timeout=datetime.timedelta(minutes=parallel.timeout_minutes),
+        )
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend)
+
+
+def print0(*args, **kwargs) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        # NCCL reduces device tensors only.
+        moved = t.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(moved, op=op)
+        t.copy_(moved.cpu())
+    else:
+        dist.all_reduce(t, op=op)
+    return t
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In place, on any device; a no-op without a multi-rank group."""
+    return _all_reduce(t, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    return _all_reduce(t, dist.ReduceOp.MAX)

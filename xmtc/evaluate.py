@@ -1,0 +1,49 @@
+"""The metrics table of a trained run on its test split (or on other files).
+
+    python -m xmtc.evaluate --run runs/xml_cnn_reuters [--tag step400] [--json metrics.json]
+    python -m xmtc.evaluate --run runs/xml_cnn_reuters --texts other_texts.txt --labels other_labels.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from xmtc.config import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="the train.output_dir of a run")
+    p.add_argument("--tag", default=None, help="checkpoint tag (default: latest)")
+    p.add_argument("--texts", default=None, help="texts file (default: the run's test split)")
+    p.add_argument("--labels", default=None, help="labels file matching --texts")
+    p.add_argument("--json", default=None, help="also write the metrics here")
+    args = p.parse_args(argv)
+    try:
+        from xmtc.checkpoint import load_run
+        from xmtc.data import encode_split
+        from xmtc.distributed import DistInfo
+        from xmtc.evaluation import evaluate
+        from xmtc.io import atomic_write_json
+        from xmtc.metrics import format_table
+
+        if (args.texts is None) != (args.labels is None):
+            raise UserError("pass --texts and --labels together (or neither, for the run's test split)")
+        cfg, model, corpus = load_run(args.run, args.tag)
+        split = corpus.test if args.texts is None else encode_split(corpus, args.texts, args.labels, cfg.data)
+        info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="none")
+        metrics = evaluate(model, split, cfg, info, corpus.label_counts, len(corpus.train))
+        print(format_table(metrics, title=f"{args.run} ({len(split)} documents)"))
+        if args.json:
+            atomic_write_json(args.json, metrics)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Evaluation over a test split, each rank scoring its own contiguous slice of documents.
+
+Every rank runs the same number of forward passes (ranks with fewer documents score a padding batch
+and discard it) because ZeRO-3 parameter gathers and label-sharded all-gathers are collectives.
+Metric sums are all-reduced, so each document counts exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from xmtc.config import Config
+from xmtc.data import collate, eval_range
+from xmtc.distributed import DistInfo, all_reduce_sum
+from xmtc.metrics import MetricSums, propensity
+
+
+def take_rows(dataset, indices) -> list[dict]:
+    """Rows of a datasets.Dataset by index, read in one columnar slice."""
+    cols = dataset[indices]
+    return [dict(zip(cols, values)) for values in zip(*cols.values())]
+
+
+def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(model, dataset, cfg: Config, dist_info: DistInfo, label_counts: np.ndarray, num_train_docs: int) -> dict:
+    """Metrics of `model` on `dataset` (a split of the corpus); `model` may be a DeepSpeed engine."""
+    module = getattr(model, "module", model)
+    was_training = module.training
+    model.eval()
+    num_labels = len(label_counts)
+    ks = tuple(cfg.eval.ks)
+    depth = min(max(max(ks), cfg.eval.max_predictions), num_labels)
+    inv_p = 1.0 / propensity(label_counts, num_train_docs, cfg.eval.psp_a, cfg.eval.psp_b)
+    sums = MetricSums(ks, num_labels)
+    mine = eval_range(len(dataset), dist_info.rank, dist_info.world_size)
+    bs = cfg.eval.batch_size
+    most = math.ceil(len(dataset) / dist_info.world_size)
+    for start in range(0, max(most, 1), bs):
+        lo, hi = mine.start + start, min(mine.start + start + bs, mine.stop)
+        real = hi > lo
+        rows = take_rows(dataset, slice(lo, hi) if real else slice(0, 1))
+        batch = move(collate(rows, cfg.data.max_len), dist_info.device)
+        scores, ranked = model(batch["input_ids"], lengths=batch["lengths"], topk=depth)
+        if not real:
+            continue
+        ranked = ranked.cpu().numpy()
+        if getattr(module, "predicts_sets", False):
+            predicted = ranked >= 0
+        else:
+            predicted = scores.float().cpu().numpy() >= cfg.eval.threshold
+        sums.add(ranked, predicted, batch["label_idx"].cpu().numpy(), batch["label_offsets"].cpu().numpy(), inv_p)
+    total = all_reduce_sum(torch.from_numpy(sums.vector()))
+    if was_training:
+        model.train()
+    return MetricSums.from_vector(ks, num_labels, total.numpy()).result()

@@ -1,0 +1,69 @@
+"""The output layer over L labels: a linear map scored with binary cross-entropy.
+
+Its loss takes sparse targets (CSR label indices) and, by default, goes through the chunked fused
+linear + BCE of `xmtc.ops`, so a batch x L logits tensor never exists. The label-sharded variant in
+`xmtc.parallel.label_shards` has the same interface and replaces this module from outside.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xmtc import ops
+
+
+def dense_targets(label_idx: torch.Tensor, label_offsets: torch.Tensor, num_labels: int, label_offset: int = 0) -> torch.Tensor:
+    """CSR label indices -> dense {0,1} [B, num_labels] for labels in [label_offset, label_offset + num_labels)."""
+    batch = label_offsets.numel() - 1
+    rows = torch.repeat_interleave(torch.arange(batch, device=label_idx.device), label_offsets.diff())
+    local = label_idx - label_offset
+    keep = (local >= 0) & (local < num_labels)
+    y = torch.zeros(batch, num_labels, device=label_idx.device)
+    y[rows[keep], local[keep]] = 1.0
+    return y
+
+
+class OutputLayer(nn.Module):
+    """weight [L, H] and bias [L]; `loss` sums BCE over labels, `topk` ranks labels per document."""
+
+    def __init__(self, in_features: int, num_labels: int, loss: str = "fused", chunk_size: int = 8192):
+        super().__init__()
+        self.in_features, self.num_labels = in_features, num_labels
+        self.loss_mode, self.chunk_size = loss, chunk_size
+        self.weight = nn.Parameter(torch.empty(num_labels, in_features))
+        self.bias = nn.Parameter(torch.empty(num_labels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Same init as nn.Linear.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        bound = 1.0 / math.sqrt(self.in_features)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear(features, self.weight, self.bias)
+
+    def loss(self, features: torch.Tensor, label_idx: torch.Tensor, label_offsets: torch.Tensor) -> torch.Tensor:
+        """Sum over labels of BCE, averaged over the documents of this batch."""
+        batch = features.shape[0]
+        if self.loss_mode == "materialized":
+            y = dense_targets(label_idx, label_offsets, self.num_labels)
+            total = F.binary_cross_entropy_with_logits(self.logits(features).float(), y, reduction="sum")
+        else:
+            total = ops.fused_linear_bce(
+                features, self.weight, self.bias, label_idx, label_offsets, chunk_size=self.chunk_size
+            )
+        return total / batch
+
+    def topk(self, features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigmoid scores [B, k], label ids [B, k]), label by label chunk: no batch x L tensor."""
+        k = min(k, self.num_labels)
+        scores, idx = ops.linear_topk(features, self.weight, self.bias, k, chunk_size=self.chunk_size)
+        return torch.sigmoid(scores.float()), idx
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_labels={self.num_labels}, loss={self.loss_mode}"

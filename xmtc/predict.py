@@ -1,0 +1,63 @@
+"""Top-k labels for each line of a texts file, from a trained run.
+
+    python -m xmtc.predict --run runs/xml_cnn_reuters --texts test_texts.txt --k 5 --out predictions.txt
+
+Writes one line per document: `label:score label:score ...`, best first (for SGM: the emitted
+labels in order). Bad input prints one sentence and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from xmtc.config import UserError
+
+
+def predict_lines(model, corpus, texts: list[str], k: int, max_len: int, batch_size: int = 256) -> list[str]:
+    from xmtc.data import collate
+
+    lines = []
+    sets = getattr(model, "predicts_sets", False)
+    for start in range(0, len(texts), batch_size):
+        rows = [{"input_ids": corpus.tokenizer.encode(t)[:max_len], "labels": []} for t in texts[start : start + batch_size]]
+        batch = collate(rows, max_len)
+        with torch.no_grad():
+            scores, idx = model(batch["input_ids"], lengths=batch["lengths"], topk=k)
+        for s_row, i_row in zip(scores.float().tolist(), idx.tolist()):
+            pairs = [(corpus.label_names[i], s) for i, s in zip(i_row, s_row) if i >= 0]
+            lines.append(" ".join(f"{name}:{score:.4f}" for name, score in pairs[: k if not sets else None]))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="the train.output_dir of a run")
+    p.add_argument("--texts", required=True, help="one document per line")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--tag", default=None, help="checkpoint tag (default: latest)")
+    p.add_argument("--out", default="-", help="output file (default: stdout)")
+    args = p.parse_args(argv)
+    try:
+        from xmtc.checkpoint import load_run
+        from xmtc.data import read_texts
+        from xmtc.io import atomic_write_text
+
+        cfg, model, corpus = load_run(args.run, args.tag)
+        texts = read_texts(args.texts, cfg.data.bad_lines)
+        lines = predict_lines(model, corpus, texts, args.k, cfg.data.max_len, cfg.eval.batch_size)
+        text = "\n".join(lines) + "\n"
+        if args.out == "-":
+            sys.stdout.write(text)
+        else:
+            atomic_write_text(args.out, text)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""The training loop: DeepSpeed engine, deterministic data order, evaluation, checkpoints, logs.
+
+Everything a run writes goes to `train.output_dir`:
+  config.json           the resolved config (after overrides)
+  checkpoints/          DeepSpeed checkpoints, tag `step<N>`, and the `latest` file
+  metrics.jsonl         one JSON object per evaluation (step, epoch, samples_per_s, train_loss, metrics)
+  final_metrics.json    the last evaluation plus train_loss, step and timings
+  labels.txt            label names in id order (most frequent first)
+
+A run stopped by SIGUSR1/SIGTERM checkpoints at the next step boundary and exits with code 75
+(`EXIT_REQUEUE`); `train.resume` continues exactly: same data order, same schedule, same dropout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from xmtc import ops
+from xmtc.config import Config, ConfigError
+from xmtc.data import TrainBatchSampler, collate, load_corpus
+from xmtc.distributed import DistInfo, all_reduce_max, all_reduce_sum, print0, setup
+from xmtc.evaluation import evaluate, move, take_rows
+from xmtc.io import append_jsonl, atomic_write_json, atomic_write_text
+from xmtc.metrics import format_table
+from xmtc.models import build_model
+
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed on a signal, run again with train.resume
+
+
+class Preempted(Exception):
+    """Raised after the checkpoint written on SIGUSR1/SIGTERM; the launcher exits with EXIT_REQUEUE."""
+
+
+class StopSignal:
+    """Remembers that SIGUSR1 or SIGTERM arrived; ranks agree on it at step boundaries."""
+
+    def __init__(self):
+        self.received = 0
+
+    def install(self) -> None:
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def any_rank(self, device) -> bool:
+        flag = torch.tensor([1.0 if self.received else 0.0], device=device)
+        return bool(all_reduce_max(flag).item())
+
+
+def resolve_deepspeed_config(cfg: Config, dist_info: DistInfo) -> dict:
+    """The deepspeed section plus what follows from the rest: batch size and precision."""
+    ds = json.loads(json.dumps(cfg.deepspeed))
+    ds["train_batch_size"] = cfg.micro_batch_size * cfg.grad_accum * dist_info.world_size
+    precision = cfg.train.precision
+    if precision == "auto" and not any(k in ds for k in ("bf16", "fp16")):
+        precision = "bf16" if dist_info.device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    elif precision == "fp32" and ds.get("bf16", {}).get("enabled"):
+        raise ConfigError("config key 'train.precision' is \"fp32\" but deepspeed.bf16.enabled is true; set one of them")
+    return ds
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module):
+    """A torch optimizer (DeepSpeed's fused CPU Adam needs a long JIT build) and the LR schedule."""
+    t = cfg.train
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1 and "embedding" not in n]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not (p.ndim > 1 and "embedding" not in n)]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(groups, lr=t.lr, betas=tuple(t.betas))
+
+
+def lr_lambda(cfg: Config, total_steps: int):
+    t = cfg.train
+
+    def factor(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - t.warmup_steps) / max(1, total_steps - t.warmup_steps))
+        shape = 1.0 - progress if t.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * shape
+
+    return factor
+
+
+def memory_stats(device: torch.device) -> dict[str, float]:
+    if device.type == "cuda":
+        return {
+            "peak_allocated_gb": torch.cuda.max_memory_allocated(device) / 2**30,
+            "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / 2**30,
+        }
+    return {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+
+
+def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
+    """Train and evaluate per `cfg`; returns the final metrics (on every rank)."""
+    import deepspeed
+
+    ops.set_kernel_backend(cfg.model.kernels)
+    dist_info = setup(cfg.parallel, cfg.train.device, local_rank_arg)
+    cfg.check_batch(dist_info.world_size)
+    out = Path(cfg.train.output_dir)
+    ckpt_dir = out / "checkpoints"
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.json")
+
+    corpus = load_corpus(cfg.data, cfg.synthetic)
+    if dist_info.is_main:
+        atomic_write_text(out / "labels.txt", "\n".join(corpus.label_names) + "\n")
+        print0(
+            f"data: {len(corpus.train)} train / {len(corpus.test)} test documents, {corpus.num_labels} labels, "
+            f"vocabulary {corpus.vocab_size}; {corpus.stats}"
+        )
+
+    torch.manual_seed(cfg.train.seed)  # identical initial parameters on every rank
+    model = build_model(cfg, corpus.num_labels, corpus.vocab_size)
+    mpu = None
+    if cfg.parallel.label_shards > 1:
+        from xmtc.parallel import parallelize
+
+        model, mpu = parallelize(model, cfg, dist_info)
+    model.to(dist_info.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    print0(f"model: {cfg.model.name}, {n_params:,} parameters on this rank, device {dist_info.device}")
+
+    sampler = TrainBatchSampler(
+        len(corpus.train), cfg.micro_batch_size, dist_info.rank, dist_info.world_size, cfg.train.seed, cfg.grad_accum
+    )
+    if sampler.steps_per_epoch < 1:
+        raise ConfigError(
+            f"the training set ({len(corpus.train)} documents) is smaller than one global batch "
+            f"({cfg.micro_batch_size * cfg.grad_accum * dist_info.world_size}); lower deepspeed.train_micro_batch_size_per_gpu"
+        )
+    total_steps = cfg.train.max_steps or max(1, int(cfg.train.epochs * sampler.steps_per_epoch))
+
+    optimizer = None if "optimizer" in cfg.deepspeed else build_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps)) if optimizer else None
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=resolve_deepspeed_config(cfg, dist_info),
+        mpu=mpu,
+        dist_init_required=False,
+    )
+
+    step = 0
+    if cfg.train.resume and (ckpt_dir / "latest").is_file():
+        _, client = engine.load_checkpoint(str(ckpt_dir))
+        step = int(client["step"])
+        print0(f"resumed from {ckpt_dir} at step {step}")
+
+    def save(tag_step: int) -> None:
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step{tag_step}", client_state={"step": tag_step})
+
+    stop = StopSignal()
+    stop.install()
+    bar = _progress(total_steps, step, cfg.train.progress and dist_info.is_main)
+    samples_per_step = cfg.micro_batch_size * cfg.grad_accum * dist_info.world_size
+    t_start = time.perf_counter()
+    t_window, steps_window = t_start, 0
+    last_loss, samples_per_s, trained_steps = float("nan"), 0.0, 0
+
+    def log_eval(split) -> dict:
+        metrics = evaluate(engine, split, cfg, dist_info, corpus.label_counts, len(corpus.train))
+        record = {"step": step, "epoch": step / sampler.steps_per_epoch, "samples_per_s": samples_per_s,
+                  "train_loss": last_loss, **metrics}
+        if dist_info.is_main:
+            append_jsonl(out / "metrics.jsonl", record)
+            if engine.monitor is not None and engine.monitor.enabled:
+                engine.monitor.write_events([(f"Eval/{k}", v, step) for k, v in metrics.items()])
+        return record
+
+    engine.train()
+    while step < total_steps:
+        epoch, in_epoch = divmod(step, sampler.steps_per_epoch)
+        batches = sampler.micro_batches(epoch, in_epoch * cfg.grad_accum)
+        for micro, indices in enumerate(batches):
+            # Dropout depends on (seed, step, rank) only, so a resumed run draws the same masks.
+            torch.manual_seed(cfg.train.seed * 1_000_003 + step * 7919 + dist_info.rank)
+            batch = move(collate(take_rows(corpus.train, indices), cfg.data.max_len), dist_info.device)
+            loss = engine(batch["input_ids"], batch["label_idx"], batch["label_offsets"], batch["lengths"])
+            engine.backward(loss)
+            engine.step()
+            if (micro + 1) % cfg.grad_accum:
+                continue
+            step += 1
+            trained_steps += 1
+            steps_window += 1
+            is_last = step >= total_steps
+            if step % cfg.train.log_every == 0 or is_last:
+                mean_loss = all_reduce_sum(loss.detach().float().reshape(1).clone()) / dist_info.world_size
+                last_loss = float(mean_loss.item())
+                now = time.perf_counter()
+                samples_per_s = steps_window * samples_per_step / max(now - t_window, 1e-9)
+                t_window, steps_window = now, 0
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last_loss:.4f}", samples_s=f"{samples_per_s:.0f}",
+                                    lr=f"{engine.get_lr()[0]:.2e}", **{k: f"{v:.2f}" for k, v in memory_stats(dist_info.device).items()})
+            if bar is not None:
+                bar.update(1)
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and not is_last:
+                record = log_eval(corpus.test)
+                print0(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("P@1", "nDCG@3", "micro_f1"))))
+            if cfg.train.save_every and step % cfg.train.save_every == 0 and not is_last:
+                save(step)
+            if stop.any_rank(dist_info.device):
+                save(step)
+                if bar is not None:
+                    bar.close()
+                print0(f"signal received: checkpoint at step {step} in {ckpt_dir}; exiting with {EXIT_REQUEUE} to be requeued")
+                raise Preempted(step)
+            if is_last:
+                break
+    if bar is not None:
+        bar.close()
+    train_time = time.perf_counter() - t_start
+
+    save(step)
+    record = log_eval(corpus.test)
+    final = {**record, "train_time_s": train_time,
+             "train_samples_per_s": trained_steps * samples_per_step / max(train_time, 1e-9),
+             **memory_stats(dist_info.device)}
+    if dist_info.is_main:
+        atomic_write_json(out / "final_metrics.json", final)
+        print0(format_table({k: v for k, v in final.items() if k not in ("step", "epoch")}, title=f"final metrics (step {step}, {out})"))
+    return final
