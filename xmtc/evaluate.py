@@ -25,7 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from xmtc.checkpoint import load_run
         from xmtc.data import encode_split
-        from xmtc.distributed import DistInfo
         from xmtc.evaluation import evaluate
         from xmtc.io import atomic_write_json
         from xmtc.metrics import format_table
@@ -34,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("pass --texts and --labels together (or neither, for the run's test split)")
         cfg, model, corpus = load_run(args.run, args.tag)
         split = corpus.test if args.texts is None else encode_split(corpus, args.texts, args.labels, cfg.data)
-        info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="none")
-        metrics = evaluate(model, split, cfg, info, corpus.label_counts, len(corpus.train))
+        metrics = evaluate(model, split, cfg, 0, 1, torch.device("cpu"), corpus.label_counts, len(corpus.train))
         print(format_table(metrics, title=f"{args.run} ({len(split)} documents)"))
         if args.json:
             atomic_write_json(args.json, metrics)

@@ -14,7 +14,7 @@ import torch
 
 from xmtc.config import Config
 from xmtc.data import collate, eval_range
-from xmtc.distributed import DistInfo, all_reduce_sum
+from xmtc.distributed import all_reduce_sum
 from xmtc.metrics import MetricSums, propensity
 
 
@@ -29,7 +29,8 @@ def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torc
 
 
 @torch.no_grad()
-def evaluate(model, dataset, cfg: Config, dist_info: DistInfo, label_counts: np.ndarray, num_train_docs: int) -> dict:
+def evaluate(model, dataset, cfg: Config, data_rank: int, data_world_size: int, device: torch.device,
+             label_counts: np.ndarray, num_train_docs: int) -> dict:
     """Metrics of `model` on `dataset` (a split of the corpus); `model` may be a DeepSpeed engine."""
     module = getattr(model, "module", model)
     was_training = module.training
@@ -39,14 +40,14 @@ def evaluate(model, dataset, cfg: Config, dist_info: DistInfo, label_counts: np.
     depth = min(max(max(ks), cfg.eval.max_predictions), num_labels)
     inv_p = 1.0 / propensity(label_counts, num_train_docs, cfg.eval.psp_a, cfg.eval.psp_b)
     sums = MetricSums(ks, num_labels)
-    mine = eval_range(len(dataset), dist_info.rank, dist_info.world_size)
+    mine = eval_range(len(dataset), data_rank, data_world_size)
     bs = cfg.eval.batch_size
-    most = math.ceil(len(dataset) / dist_info.world_size)
+    most = math.ceil(len(dataset) / data_world_size)
     for start in range(0, max(most, 1), bs):
         lo, hi = mine.start + start, min(mine.start + start + bs, mine.stop)
         real = hi > lo
         rows = take_rows(dataset, slice(lo, hi) if real else slice(0, 1))
-        batch = move(collate(rows, cfg.data.max_len), dist_info.device)
+        batch = move(collate(rows, cfg.data.max_len), device)
         scores, ranked = model(batch["input_ids"], lengths=batch["lengths"], topk=depth)
         if not real:
             continue

@@ -31,6 +31,7 @@ from xmtc.evaluation import evaluate, move, take_rows
 from xmtc.io import append_jsonl, atomic_write_json, atomic_write_text
 from xmtc.metrics import format_table
 from xmtc.models import build_model
+from xmtc.parallel import ParallelPlan, parallelize
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed on a signal, run again with train.resume
 
@@ -57,13 +58,13 @@ class StopSignal:
         return bool(all_reduce_max(flag).item())
 
 
-def resolve_deepspeed_config(cfg: Config, dist_info: DistInfo) -> dict:
+def resolve_deepspeed_config(cfg: Config, data_world_size: int, device_type: str) -> dict:
     """The deepspeed section plus what follows from the rest: batch size and precision."""
     ds = json.loads(json.dumps(cfg.deepspeed))
-    ds["train_batch_size"] = cfg.micro_batch_size * cfg.grad_accum * dist_info.world_size
+    ds["train_batch_size"] = cfg.micro_batch_size * cfg.grad_accum * data_world_size
     precision = cfg.train.precision
     if precision == "auto" and not any(k in ds for k in ("bf16", "fp16")):
-        precision = "bf16" if dist_info.device.type == "cuda" else "fp32"
+        precision = "bf16" if device_type == "cuda" else "fp32"
     if precision == "bf16":
         ds["bf16"] = {"enabled": True}
     elif precision == "fp32" and ds.get("bf16", {}).get("enabled"):
@@ -71,13 +72,13 @@ def resolve_deepspeed_config(cfg: Config, dist_info: DistInfo) -> dict:
     return ds
 
 
-def build_optimizer(cfg: Config, model: torch.nn.Module):
+def build_optimizer(cfg: Config, model: torch.nn.Module, plan: ParallelPlan):
     """A torch optimizer (DeepSpeed's fused CPU Adam needs a long JIT build) and the LR schedule."""
     t = cfg.train
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and not (p.ndim > 1 and "embedding" not in n)]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+    groups = plan.param_groups([g for g in groups if g["params"]])
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     return cls(groups, lr=t.lr, betas=tuple(t.betas))
 
@@ -137,55 +138,55 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
 
     torch.manual_seed(cfg.train.seed)  # identical initial parameters on every rank
     model = build_model(cfg, corpus.num_labels, corpus.vocab_size)
-    mpu = None
-    if cfg.parallel.label_shards > 1:
-        from xmtc.parallel import parallelize
-
-        model, mpu = parallelize(model, cfg, dist_info)
-    model.to(dist_info.device)
+    plan = parallelize(model, cfg, dist_info)
+    model = plan.model.to(dist_info.device)
     n_params = sum(p.numel() for p in model.parameters())
-    print0(f"model: {cfg.model.name}, {n_params:,} parameters on this rank, device {dist_info.device}")
+    print0(f"model: {cfg.model.name}, {n_params:,} parameters on rank 0, device {dist_info.device}")
 
     sampler = TrainBatchSampler(
-        len(corpus.train), cfg.micro_batch_size, dist_info.rank, dist_info.world_size, cfg.train.seed, cfg.grad_accum
+        len(corpus.train), cfg.micro_batch_size, plan.data_rank, plan.data_world_size, cfg.train.seed, cfg.grad_accum
     )
     if sampler.steps_per_epoch < 1:
         raise ConfigError(
             f"the training set ({len(corpus.train)} documents) is smaller than one global batch "
-            f"({cfg.micro_batch_size * cfg.grad_accum * dist_info.world_size}); lower deepspeed.train_micro_batch_size_per_gpu"
+            f"({cfg.micro_batch_size * cfg.grad_accum * plan.data_world_size}); lower deepspeed.train_micro_batch_size_per_gpu"
         )
     total_steps = cfg.train.max_steps or max(1, int(cfg.train.epochs * sampler.steps_per_epoch))
 
-    optimizer = None if "optimizer" in cfg.deepspeed else build_optimizer(cfg, model)
+    optimizer = None if "optimizer" in cfg.deepspeed else build_optimizer(cfg, model, plan)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps)) if optimizer else None
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
+        model_parameters=None if optimizer else plan.param_groups([{"params": list(model.parameters())}]),
         lr_scheduler=scheduler,
-        config=resolve_deepspeed_config(cfg, dist_info),
-        mpu=mpu,
+        config=resolve_deepspeed_config(cfg, plan.data_world_size, dist_info.device.type),
+        mpu=plan.mpu,
         dist_init_required=False,
     )
 
     step = 0
     if cfg.train.resume and (ckpt_dir / "latest").is_file():
-        _, client = engine.load_checkpoint(str(ckpt_dir))
+        tag_loaded, client = engine.load_checkpoint(str(ckpt_dir))
+        plan.load_checkpoint(engine, ckpt_dir, Path(tag_loaded).name)
         step = int(client["step"])
         print0(f"resumed from {ckpt_dir} at step {step}")
 
     def save(tag_step: int) -> None:
         engine.save_checkpoint(str(ckpt_dir), tag=f"step{tag_step}", client_state={"step": tag_step})
+        plan.save_checkpoint(engine, ckpt_dir, f"step{tag_step}")
 
     stop = StopSignal()
     stop.install()
     bar = _progress(total_steps, step, cfg.train.progress and dist_info.is_main)
-    samples_per_step = cfg.micro_batch_size * cfg.grad_accum * dist_info.world_size
+    samples_per_step = cfg.micro_batch_size * cfg.grad_accum * plan.data_world_size
     t_start = time.perf_counter()
     t_window, steps_window = t_start, 0
     last_loss, samples_per_s, trained_steps = float("nan"), 0.0, 0
 
     def log_eval(split) -> dict:
-        metrics = evaluate(engine, split, cfg, dist_info, corpus.label_counts, len(corpus.train))
+        metrics = evaluate(engine, split, cfg, plan.data_rank, plan.data_world_size, dist_info.device,
+                           corpus.label_counts, len(corpus.train))
         record = {"step": step, "epoch": step / sampler.steps_per_epoch, "samples_per_s": samples_per_s,
                   "train_loss": last_loss, **metrics}
         if dist_info.is_main:
