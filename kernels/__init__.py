@@ -1,0 +1,27 @@
+"""Triton kernels, one op per module (dynamic_max_pool, masked_softmax, fused_linear_bce).
+
+Import the op modules only where triton is wanted (xmtc.ops does so lazily); this package
+itself imports neither triton nor a device, so it is safe on CPU-only machines.
+"""
+
+import functools
+import os
+
+import torch
+
+
+def interpreting() -> bool:
+    """True under TRITON_INTERPRET=1: kernels then run on CPU tensors with small, fixed tiles."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of `device` (queried at launch, never at import); 2 off CUDA."""
+    if device.type != "cuda":
+        return 2
+    return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())

@@ -63,6 +63,19 @@ def resolve_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def limit_cpu_threads() -> None:
+    """Split the cores between the processes of this node unless OMP_NUM_THREADS already says.
+
+    torch's default (one thread per core in every process) oversubscribes a node running several ranks.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    env = os.environ
+    local = env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or env.get("SLURM_NTASKS_PER_NODE") or "1"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // max(1, int(local.split("(")[0]))))
+
+
 def setup(parallel: ParallelConfig, device: str = "auto", local_rank_arg: int | None = None) -> DistInfo:
     """Initialise torch.distributed through DeepSpeed (gloo on CPU, NCCL on CUDA) and pick the device."""
     import deepspeed
@@ -70,6 +83,8 @@ def setup(parallel: ParallelConfig, device: str = "auto", local_rank_arg: int | 
     map_launcher_env(local_rank_arg)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
+    if dev.type == "cpu":
+        limit_cpu_threads()
     backend = parallel.dist_backend
     if backend == "auto":
         backend = "nccl" if dev.type == "cuda" else "gloo"

@@ -17,12 +17,13 @@ from xmtc.config import UserError
 
 
 def predict_lines(model, corpus, texts: list[str], k: int, max_len: int, batch_size: int = 256) -> list[str]:
-    from xmtc.data import collate
+    from xmtc.data import collate, encode_texts
 
     lines = []
     sets = getattr(model, "predicts_sets", False)
     for start in range(0, len(texts), batch_size):
-        rows = [{"input_ids": corpus.tokenizer.encode(t)[:max_len], "labels": []} for t in texts[start : start + batch_size]]
+        ids = encode_texts(corpus.tokenizer, texts[start : start + batch_size], max_len)
+        rows = [{"input_ids": row, "labels": []} for row in ids]
         batch = collate(rows, max_len)
         with torch.no_grad():
             scores, idx = model(batch["input_ids"], lengths=batch["lengths"], topk=k)
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         from xmtc.io import atomic_write_text
 
         cfg, model, corpus = load_run(args.run, args.tag)
-        texts = read_texts(args.texts, cfg.data.bad_lines)
+        texts, _ = read_texts(args.texts, cfg.data.bad_lines)
         lines = predict_lines(model, corpus, texts, args.k, cfg.data.max_len, cfg.eval.batch_size)
         text = "\n".join(lines) + "\n"
         if args.out == "-":

@@ -1,0 +1,268 @@
+"""Benchmark the fused ops (xmtc.ops) against eager torch and torch.compile.
+
+    python scripts/bench_kernels.py                                  # every op, default sizes
+    python scripts/bench_kernels.py --ops fused_linear_bce --dtype float32 --out runs/bench_kernels
+
+On CUDA each op is timed forward + backward (median of triton.testing.do_bench) for every
+provider and size; the script prints one table, and writes <out>/<op>.json and <out>/<op>.png
+(time vs size, one line per provider). GB/s divides the bytes a fused kernel must move (the
+model in docs/kernels.md) by the time, so providers compare on one scale.
+
+Without CUDA, Triton timings would mean nothing: the script says so, times the eager reference
+against the chunked torch paths at small sizes on the CPU, writes <out>/cpu.json and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xmtc import ops  # noqa: E402
+from xmtc.ops_reference import (  # noqa: E402
+    dynamic_max_pool_reference,
+    linear_bce_reference,
+    linear_topk_reference,
+    masked_softmax_reference,
+    masked_softmax_weighted_sum_reference,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+# ----------------------------------------------------------------------------- op definitions
+# Each op: sizes (x axis), make(size, dtype) -> (args, leaves), the eager reference and the
+# public op, and the minimal bytes / FLOPs of its forward + backward.
+
+
+def _leaf(t):
+    return t.requires_grad_()
+
+
+def _make_pool(batch, dtype):
+    x = _leaf(torch.randn(batch, 128, 498, device="cuda", dtype=dtype))
+    bias = _leaf(torch.randn(128, device="cuda", dtype=dtype))
+    return (x, bias, 8), [x, bias]
+
+
+def _make_softmax(labels, dtype):
+    logits = _leaf(torch.randn(64, labels, device="cuda", dtype=dtype))
+    emitted = torch.randint(0, labels, (64, 30), device="cuda")
+    return (logits, emitted, True), [logits]
+
+
+def _make_weighted_sum(labels, dtype):
+    logits = _leaf(torch.randn(64, labels, device="cuda", dtype=dtype))
+    table = _leaf(torch.randn(labels, 256, device="cuda", dtype=dtype) / 16)
+    emitted = torch.randint(0, labels, (64, 30), device="cuda")
+    return (logits, emitted, table), [logits, table]
+
+
+def _make_bce(labels, dtype):
+    features = _leaf(torch.randn(64, 512, device="cuda", dtype=dtype))
+    weight = _leaf(torch.randn(labels, 512, device="cuda", dtype=dtype) / 512**0.5)
+    bias = _leaf(torch.zeros(labels, device="cuda", dtype=dtype))
+    target_idx = torch.randint(0, labels, (64 * 5,), device="cuda")
+    target_offsets = torch.arange(0, 64 * 5 + 1, 5, device="cuda")
+    return (features, weight, bias, target_idx, target_offsets), [features, weight, bias]
+
+
+def _e_bar_only(fn):
+    return lambda *a: fn(*a)[1]
+
+
+OPS = {
+    "dynamic_max_pool": dict(
+        sizes=[32, 128, 512, 2048], size_name="batch (C=128, T=498, p=8)", make=_make_pool,
+        eager=dynamic_max_pool_reference, op=ops.dynamic_max_pool,
+        bytes=lambda b, e: 2 * b * 128 * 498 * e + b * 128 * 8 * (2 * e + 8), flops=None,
+    ),
+    "masked_softmax": dict(
+        sizes=[16_384, 65_536, 262_144, 670_091], size_name="labels (B=64, T=30, log)", make=_make_softmax,
+        eager=masked_softmax_reference, op=ops.masked_softmax,
+        bytes=lambda n, e: 7 * 64 * n * e, flops=None,
+    ),
+    "masked_softmax_weighted_sum": dict(
+        sizes=[16_384, 65_536, 262_144, 670_091], size_name="labels (B=64, T=30, D=256)", make=_make_weighted_sum,
+        eager=_e_bar_only(masked_softmax_weighted_sum_reference),
+        op=_e_bar_only(lambda *a: ops.masked_softmax_weighted_sum(*a, return_probs=False)),
+        bytes=lambda n, e: 5 * 64 * n * e + 3 * n * 256 * e, flops=lambda n: 6 * 64 * n * 256,
+    ),
+    "fused_linear_bce": dict(
+        sizes=[16_384, 65_536, 262_144, 670_091], size_name="labels (B=64, H=512)", make=_make_bce,
+        eager=linear_bce_reference, op=ops.fused_linear_bce,
+        bytes=lambda n, e: 2 * n * 512 * e, flops=lambda n: 6 * 64 * n * 512,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------- CUDA run
+
+
+def _providers(spec):
+    def with_backend(name, fn):
+        def run(*args):
+            previous = ops.set_kernel_backend(name)
+            try:
+                return fn(*args)
+            finally:
+                ops.set_kernel_backend(previous)
+
+        return run
+
+    providers = {
+        "eager": spec["eager"],
+        "torch.compile": torch.compile(spec["eager"]),
+        "triton": with_backend("triton", spec["op"]),
+    }
+    if spec["op"] is ops.fused_linear_bce:
+        providers["torch chunked"] = with_backend("torch", spec["op"])
+    return providers
+
+
+def _time_cuda(fn, args, leaves):
+    from triton.testing import do_bench
+
+    def step():
+        out = fn(*args)
+        out.backward(torch.ones_like(out))
+
+    step()  # compile / autotune outside the timing
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    ms = do_bench(step, warmup=10, rep=50, grad_to_none=leaves, return_mode="median")
+    return ms, peak_mb
+
+
+def run_cuda(names, dtype, out_dir):
+    rows = []
+    elem = torch.finfo(dtype).bits // 8
+    for name in names:
+        spec = OPS[name]
+        op_rows = []
+        for size in spec["sizes"]:
+            args, leaves = spec["make"](size, dtype)
+            for provider, fn in _providers(spec).items():
+                row = dict(op=name, size=size, provider=provider, dtype=str(dtype).replace("torch.", ""))
+                try:
+                    ms, peak_mb = _time_cuda(fn, args, leaves)
+                except Exception as err:  # one provider failing (OOM, compile) must not end the sweep
+                    row.update(ms=None, error=f"{type(err).__name__}: {err}"[:200])
+                else:
+                    row.update(ms=ms, peak_mb=peak_mb, gb_per_s=spec["bytes"](size, elem) / ms / 1e6)
+                    if spec["flops"] is not None:
+                        row["tflop_per_s"] = spec["flops"](size) / ms / 1e9
+                op_rows.append(row)
+                _print_row(row)
+            del args, leaves
+            torch.cuda.empty_cache()
+        _write(out_dir, name, dict(device=torch.cuda.get_device_name(), size_name=spec["size_name"], rows=op_rows))
+        _plot(out_dir, name, spec["size_name"], op_rows)
+        rows += op_rows
+    return rows
+
+
+# ------------------------------------------------------------------------------------ CPU run
+
+
+def _time_cpu(fn, repeats=3):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def run_cpu(out_dir):
+    rows = []
+    for labels in (16_384, 65_536):
+        features = torch.randn(64, 64, requires_grad=True)
+        weight = (torch.randn(labels, 64) / 8).requires_grad_()
+        bias = torch.zeros(labels, requires_grad=True)
+        targets = (torch.randint(0, labels, (64 * 5,)), torch.arange(0, 64 * 5 + 1, 5))
+        cases = {
+            "eager": lambda: linear_bce_reference(features, weight, bias, *targets).backward(),
+            "torch chunked": lambda: ops.fused_linear_bce(features, weight, bias, *targets).backward(),
+        }
+        for provider, fn in cases.items():
+            rows.append(dict(op="fused_linear_bce", size=labels, provider=provider, ms=_time_cpu(fn)))
+            _print_row(rows[-1])
+        with torch.no_grad():
+            for provider, fn in {
+                "eager": lambda: linear_topk_reference(features, weight, bias, 5),
+                "torch chunked": lambda: ops.linear_topk(features, weight, bias, 5),
+            }.items():
+                rows.append(dict(op="linear_topk", size=labels, provider=provider, ms=_time_cpu(fn)))
+                _print_row(rows[-1])
+    _write(out_dir, "cpu", dict(device="cpu", threads=torch.get_num_threads(), rows=rows))
+    return rows
+
+
+# ------------------------------------------------------------------------------------- output
+
+
+def _print_row(row):
+    if row.get("ms") is None:
+        print(f"{row['op']:<28} {row['size']:>9} {row['provider']:<14} failed: {row.get('error')}")
+        return
+    extra = ""
+    if "gb_per_s" in row:
+        extra = f" {row['gb_per_s']:>9.1f} GB/s {row['peak_mb']:>9.1f} MB"
+    if "tflop_per_s" in row:
+        extra += f" {row['tflop_per_s']:>7.1f} TFLOP/s"
+    print(f"{row['op']:<28} {row['size']:>9} {row['provider']:<14} {row['ms']:>10.3f} ms{extra}", flush=True)
+
+
+def _write(out_dir, name, payload):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2))
+
+
+def _plot(out_dir, name, size_name, rows):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for provider in dict.fromkeys(r["provider"] for r in rows):
+        points = [(r["size"], r["ms"]) for r in rows if r["provider"] == provider and r["ms"] is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=provider)
+    ax.set(xscale="log", yscale="log", xlabel=size_name, ylabel="forward + backward (ms)", title=name)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{name}.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ops", nargs="+", choices=sorted(OPS), default=list(OPS), help="ops to benchmark")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="input dtype on CUDA")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_kernels"), help="folder for JSON and PNG")
+    args = parser.parse_args(argv)
+    print(f"{'op':<28} {'size':>9} {'provider':<14} {'time':>13}")
+    if not torch.cuda.is_available():
+        print("No CUDA device: Triton timings need one. CPU comparison of eager vs chunked torch only.")
+        run_cpu(args.out)
+        return 0
+    run_cuda(args.ops, DTYPES[args.dtype], args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

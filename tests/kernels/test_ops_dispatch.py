@@ -1,0 +1,77 @@
+"""Backend selection in xmtc.ops: config/env switch, lazy triton import, clear errors."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from xmtc import ops
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_set_kernel_backend_overrides_env_and_returns_previous(monkeypatch):
+    monkeypatch.setenv("XMTC_KERNELS", "torch")
+    previous = ops.set_kernel_backend(None)
+    try:
+        assert ops.kernel_backend() == "torch"
+        assert ops.set_kernel_backend("triton") is None
+        assert ops.kernel_backend() == "triton"
+        assert ops.set_kernel_backend(None) == "triton"
+        monkeypatch.setenv("XMTC_KERNELS", "")
+        assert ops.kernel_backend() == "auto"
+    finally:
+        ops.set_kernel_backend(previous)
+
+
+def test_bad_backend_names_are_user_errors(monkeypatch):
+    with pytest.raises(ValueError, match="model.kernels must be one of auto, triton, torch"):
+        ops.set_kernel_backend("cuda")
+    previous = ops.set_kernel_backend(None)
+    try:
+        monkeypatch.setenv("XMTC_KERNELS", "fast")
+        with pytest.raises(ValueError, match="XMTC_KERNELS must be one of"):
+            ops.kernel_backend()
+    finally:
+        ops.set_kernel_backend(previous)
+
+
+def test_triton_backend_refuses_cpu_tensors_outside_the_interpreter(monkeypatch, triton_backend):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="tensor is on the CPU"):
+        ops.masked_softmax(torch.randn(2, 3), torch.full((2, 1), -1))
+
+
+def test_import_and_cpu_calls_need_neither_triton_nor_a_gpu():
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["triton"] = None  # any `import triton` now raises ImportError
+        import torch
+        import xmtc.ops as ops
+        x = torch.randn(2, 3, 8)
+        ops.dynamic_max_pool(x, None, 3)
+        ops.masked_softmax(torch.randn(2, 5), torch.full((2, 1), -1))
+        assert not any(name.startswith("kernels.") for name in sys.modules), sorted(sys.modules)
+        ops.set_kernel_backend("triton")
+        try:
+            ops.dynamic_max_pool(x, None, 3)
+        except RuntimeError as err:
+            assert "triton does not import" in str(err), err
+        else:
+            raise AssertionError("the triton backend ran without triton")
+        print("ok")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("XMTC_KERNELS", "TRITON_INTERPRET")}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
