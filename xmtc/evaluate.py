@@ -14,20 +14,6 @@ import torch
 from xmtc.config import UserError
 
 
-def encode_files(corpus, texts_path: str, labels_path: str, cfg):
-    """A texts + labels file pair tokenized like the run's corpus; unseen labels per data.unseen_labels."""
-    import datasets
-    from pathlib import Path
-
-    from xmtc.data.loader import encode_split, label_ids
-    from xmtc.data.readers import read_paired_files
-
-    stats: dict[str, int] = {}
-    raw = read_paired_files("eval", Path(texts_path), Path(labels_path), cfg.data.bad_lines)
-    labels = label_ids(raw, corpus.label_index, cfg.data.unseen_labels, stats)
-    return datasets.Dataset(encode_split(corpus.tokenizer, raw, labels, cfg.data.max_len, stats))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="the train.output_dir of a run")
@@ -38,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         from xmtc.checkpoint import load_run
+        from xmtc.data import encode_labeled_files
         from xmtc.evaluation import evaluate
         from xmtc.io import atomic_write_json
         from xmtc.metrics import format_table
@@ -45,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         if (args.texts is None) != (args.labels is None):
             raise UserError("pass --texts and --labels together (or neither, for the run's test split)")
         cfg, model, corpus = load_run(args.run, args.tag)
-        split = corpus.test if args.texts is None else encode_files(corpus, args.texts, args.labels, cfg)
+        split = corpus.test if args.texts is None else encode_labeled_files(corpus, args.texts, args.labels, cfg.data)[0]
         metrics = evaluate(model, split, cfg, 0, 1, torch.device("cpu"), corpus.label_counts, len(corpus.train))
         print(format_table(metrics, title=f"{args.run} ({len(split)} documents)"))
         if args.json:

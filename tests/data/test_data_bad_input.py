@@ -1,0 +1,135 @@
+"""Bad input: one sentence naming the file and line, or a counted skip where configured."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from data_helpers import TEST_LABELS, TEST_TEXTS, TRAIN_LABELS, TRAIN_TEXTS, write_lines, write_xmtc
+
+from xmtc.config import ConfigError, DataError, SyntheticConfig
+from xmtc.data import load_corpus, read_texts
+
+BAD_BYTES = "caf\xe9".encode("latin-1")  # a lone 0xE9 byte is not UTF-8
+
+
+def load(make_cfg, root, **kw):
+    return load_corpus(make_cfg(format="xmtc_text", path=str(root), **kw), SyntheticConfig())
+
+
+def raises(message: str):
+    return pytest.raises(DataError, match="^" + re.escape(message))
+
+
+def test_missing_directory(tmp_path, make_cfg):
+    with raises(f"data.path '{tmp_path / 'nope'}' is not a directory; the xmtc_text layout expects train_texts.txt,"):
+        load(make_cfg, tmp_path / "nope")
+    with pytest.raises(DataError, match="manikvarma.org/downloads/XC/XMLRepository.html"):
+        load(make_cfg, tmp_path / "nope")
+
+
+def test_missing_file(small_xmtc, make_cfg):
+    (small_xmtc / "test_labels.txt").unlink()
+    with raises(f"{small_xmtc / 'test_labels.txt'} is missing; the xmtc_text layout expects"):
+        load(make_cfg, small_xmtc)
+
+
+def test_missing_sgm_files_point_to_sgm_repo(tmp_path, make_cfg):
+    write_lines(tmp_path / "train.src", ["a"])
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'train.tgt'} is missing") + ".*github.com/lancopku/SGM"):
+        load_corpus(make_cfg(format="sgm", path=str(tmp_path)), SyntheticConfig())
+    for name in ("train.tgt", "test.src", "test.tgt", "valid.src"):
+        write_lines(tmp_path / name, ["a"])
+    with raises(f"{tmp_path / 'valid.src'} exists but {tmp_path / 'valid.tgt'} is missing"):
+        load_corpus(make_cfg(format="sgm", path=str(tmp_path)), SyntheticConfig())
+
+
+def test_line_count_mismatch(tmp_path, make_cfg):
+    root = write_xmtc(tmp_path / "d", train_labels=TRAIN_LABELS[:2])
+    with raises(f"{root / 'train_texts.txt'} has 3 lines but {root / 'train_labels.txt'} has 2; "):
+        load(make_cfg, root)
+
+
+def test_empty_document(tmp_path, make_cfg):
+    root = write_xmtc(tmp_path / "d", train_texts=[TRAIN_TEXTS[0], "   ", TRAIN_TEXTS[2]])
+    with raises(f"{root / 'train_texts.txt'} line 2 is an empty document; fix it or set data.bad_lines to \"skip\""):
+        load(make_cfg, root)
+    corpus = load(make_cfg, root, bad_lines="skip")
+    assert corpus.stats["train_skipped_empty"] == 1 and len(corpus.train) == 2
+    assert corpus.train["input_ids"] == [[2, 3, 2], [2, 4]]  # without line 2: apple 3, banana 1, date 1
+
+
+def test_document_without_labels(tmp_path, make_cfg):
+    root = write_xmtc(tmp_path / "d", test_labels=["a", ""])
+    with raises(f"{root / 'test_labels.txt'} line 2 has no labels; fix it"):
+        load(make_cfg, root)
+    corpus = load(make_cfg, root, bad_lines="skip")
+    assert corpus.stats["test_skipped_no_labels"] == 1 and corpus.test["labels"] == [[0]]
+
+
+@pytest.mark.parametrize("which", ["texts", "labels"])
+def test_undecodable_line(tmp_path, make_cfg, which):
+    root = write_xmtc(tmp_path / "d")
+    lines = (TRAIN_TEXTS if which == "texts" else TRAIN_LABELS)
+    write_lines(root / f"train_{which}.txt", f"{lines[0]}\n".encode() + BAD_BYTES + f"\n{lines[2]}\n".encode())
+    with raises(f"{root / f'train_{which}.txt'} line 2 is not valid UTF-8; fix it"):
+        load(make_cfg, root)
+    corpus = load(make_cfg, root, bad_lines="skip")
+    assert corpus.stats["train_skipped_undecodable"] == 1 and corpus.train["labels"] == [[1, 0], [2, 0]]
+
+
+def test_crlf_line_ends_are_not_part_of_the_text(tmp_path, make_cfg):
+    root = write_xmtc(tmp_path / "d")
+    write_lines(root / "train_labels.txt", "".join(f"{x}\r\n" for x in TRAIN_LABELS).encode())
+    assert load(make_cfg, root).label_names == ["a", "b", "c"]
+
+
+def test_unseen_test_label(tmp_path, make_cfg):
+    root = write_xmtc(tmp_path / "d", test_labels=["a", "zzz c"])
+    with raises(f"{root / 'test_labels.txt'} line 2 has label 'zzz', which no training document has; "):
+        load(make_cfg, root, unseen_labels="error")
+    corpus = load(make_cfg, root)  # default: drop
+    assert corpus.test["labels"] == [[0], [2]] and corpus.stats["test_unseen_labels_dropped"] == 1
+
+
+def test_test_document_left_without_labels_is_kept(tmp_path, make_cfg):
+    root = write_xmtc(tmp_path / "d", test_labels=["zzz", "c"])
+    corpus = load(make_cfg, root)
+    assert len(corpus.test) == len(TEST_TEXTS) and corpus.test["labels"] == [[], [2]]
+    assert corpus.stats["test_docs_without_labels"] == 1
+
+
+def test_every_document_skipped(tmp_path, make_cfg):
+    root = write_xmtc(tmp_path / "d", train_texts=["", " ", ""])
+    with raises("the train split has no documents left after reading"):
+        load(make_cfg, root, bad_lines="skip")
+
+
+def test_table_missing_column_and_bad_rows(tmp_path, make_cfg):
+    train = write_lines(tmp_path / "train.jsonl", [json.dumps({"text": t, "labels": l.split()}) for t, l in zip(TRAIN_TEXTS, TRAIN_LABELS)])
+    test = write_lines(tmp_path / "test.jsonl", [json.dumps({"text": t, "labels": l}) for t, l in zip(TEST_TEXTS, TEST_LABELS)])
+    cfg = make_cfg(format="table", train_file=str(train), test_file=str(test), labels_column="tags")
+    with raises(f"{train} has no column 'tags' (config key 'data.labels_column'); its columns are: text, labels"):
+        load_corpus(cfg, SyntheticConfig())
+    write_lines(test, [json.dumps({"text": "apple", "labels": "a"}), json.dumps({"text": "", "labels": "b"})])
+    with raises(f"{test} line 2 is an empty document"):
+        load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test)), SyntheticConfig())
+
+
+def test_table_undecodable_and_unknown_extension(tmp_path, make_cfg):
+    train = write_lines(tmp_path / "train.csv", b"text,labels\napple,a\n" + BAD_BYTES + b",b\n")
+    test = write_lines(tmp_path / "test.csv", ["text,labels", "apple,a"])
+    with raises(f"{train} line 3 is not valid UTF-8"):
+        load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test)), SyntheticConfig())
+    with pytest.raises(ConfigError, match="config key 'data.test_file' is .*test.txt, whose extension is not one of"):
+        load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(tmp_path / "test.txt")), SyntheticConfig())
+
+
+def test_read_texts(tmp_path):
+    path = write_lines(tmp_path / "texts.txt", b"first doc\n\nthird " + BAD_BYTES + b"\nfourth\n")
+    with raises(f"{path} line 2 is an empty document"):
+        read_texts(path)
+    assert read_texts(path, "skip") == (["first doc", "fourth"], [1, 4])
+    with raises(f"{tmp_path / 'none.txt'} does not exist"):
+        read_texts(tmp_path / "none.txt")

@@ -1,0 +1,139 @@
+"""The corpus cache: hit without re-tokenizing, key sensitivity, crash safety, one build across processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+from data_helpers import load_after_barrier, write_lines, write_xmtc
+
+import xmtc.data.loader as loader
+from xmtc.config import DataError, SyntheticConfig
+from xmtc.data import encode_labeled_files, encode_texts, load_corpus, load_tokenizer
+
+
+def load(make_cfg, root, **kw):
+    return load_corpus(make_cfg(format="xmtc_text", path=str(root), **kw), SyntheticConfig())
+
+
+def test_second_load_reads_the_cache(small_xmtc, make_cfg, cache_dir, monkeypatch):
+    first = load(make_cfg, small_xmtc)
+    assert not first.cache_hit
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the corpus was read and tokenized again")
+
+    monkeypatch.setattr(loader, "build_corpus", no_build)
+    second = load(make_cfg, small_xmtc)
+    assert second.cache_hit and second.cache_path == first.cache_path
+    assert second.train["input_ids"] == first.train["input_ids"] and second.label_names == first.label_names
+    # Memory-mapped from the cache directory rather than held in memory.
+    assert all(Path(f["filename"]).is_relative_to(second.cache_path) for f in second.train.cache_files)
+    assert second.cache_path.parent == Path(cache_dir)
+
+
+def test_key_follows_data_and_settings(small_xmtc, make_cfg):
+    base = load(make_cfg, small_xmtc).cache_path
+    assert load(make_cfg, small_xmtc, hub_name="unused by xmtc_text").cache_path == base
+    changed = {
+        load(make_cfg, small_xmtc, vocab_size=4).cache_path,
+        load(make_cfg, small_xmtc, min_count=2).cache_path,
+        load(make_cfg, small_xmtc, max_len=2).cache_path,
+        load(make_cfg, small_xmtc, bad_lines="skip").cache_path,
+        load(make_cfg, small_xmtc, tokenizer="sentencepiece").cache_path,
+    }
+    assert len(changed) == 5 and base not in changed
+    write_lines(small_xmtc / "test_texts.txt", ["kiwi apple", "date"])
+    edited = load(make_cfg, small_xmtc)
+    assert edited.cache_path != base and not edited.cache_hit
+    assert edited.test["input_ids"] == [[1, 2], [5]]
+
+
+def test_synthetic_key_follows_its_section(make_cfg):
+    small = SyntheticConfig(num_labels=50, num_train=40, num_test=10, doc_len=20)
+    a = load_corpus(make_cfg(), small)
+    b = load_corpus(make_cfg(), SyntheticConfig(num_labels=50, num_train=40, num_test=10, doc_len=20, seed=7))
+    again = load_corpus(make_cfg(), SyntheticConfig(num_labels=50, num_train=40, num_test=10, doc_len=20))
+    assert a.cache_path != b.cache_path and again.cache_hit and again.cache_path == a.cache_path
+
+
+def test_crash_leaves_no_half_cache(small_xmtc, make_cfg, cache_dir, monkeypatch):
+    real = loader.encode_split
+
+    def crash_on_test(tokenizer, split, *args):
+        if split.name == "test":
+            raise KeyboardInterrupt  # after the train split was saved
+        return real(tokenizer, split, *args)
+
+    monkeypatch.setattr(loader, "encode_split", crash_on_test)
+    with pytest.raises(KeyboardInterrupt):
+        load(make_cfg, small_xmtc)
+    assert [p.name for p in Path(cache_dir).iterdir() if not p.name.endswith(".lock")] == []
+    monkeypatch.setattr(loader, "encode_split", real)
+    corpus = load(make_cfg, small_xmtc)
+    assert not corpus.cache_hit and len(corpus.test) == 2
+
+
+def test_stale_temporary_directory_is_removed(small_xmtc, make_cfg, cache_dir):
+    import shutil
+
+    path = load(make_cfg, small_xmtc).cache_path
+    shutil.rmtree(path)
+    stale = Path(cache_dir) / f".tmp-{path.name}-deadbeef"
+    (stale / "train").mkdir(parents=True)  # what a killed build leaves
+    assert not load(make_cfg, small_xmtc).cache_hit
+    assert not stale.exists()
+
+
+def test_concurrent_processes_build_once(small_xmtc, make_cfg, tmp_path):
+    import datasets  # noqa: F401  (imported once here rather than in each child)
+
+    ctx = mp.get_context("fork")  # separate processes and lock handles, without re-importing torch in each
+    barrier, results, log = ctx.Barrier(2), ctx.Queue(), tmp_path / "builds.log"
+    cfg = make_cfg(format="xmtc_text", path=str(small_xmtc))
+    procs = [ctx.Process(target=load_after_barrier, args=(barrier, cfg, results, log)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join()
+    assert len({path for path, _ in outcomes}) == 1, outcomes
+    assert sorted(hit for _, hit in outcomes) == [False, True]
+    assert log.read_text() == "built\n"  # without the lock both would build
+
+
+def test_sentencepiece_tokenizer(tmp_path, make_cfg):
+    words = "the quick brown fox jumps over lazy dogs while seven wizards quietly hex jolly kings".split()
+    texts = [" ".join(words[(i * 7 + j) % len(words)] for j in range(30)) for i in range(60)]
+    root = write_xmtc(tmp_path / "d", train_texts=texts, train_labels=["a"] * 60, test_texts=["quick foxes", "zzz"], test_labels=["a", "a"])
+    corpus = load(make_cfg, root, tokenizer="sentencepiece", vocab_size=60)
+    tok = corpus.tokenizer
+    assert tok.sp.id_to_piece(0) == "<pad>" and tok.sp.id_to_piece(1) == "<unk>" and tok.sp.bos_id() == -1
+    assert 3 <= corpus.vocab_size <= 60 and corpus.vocab_size == tok.vocab_size
+    assert tok.sp.decode(tok.encode(texts[0])) == texts[0]
+    assert all(0 not in ids for ids in corpus.train["input_ids"])
+    reloaded = load_tokenizer(corpus.cache_path)
+    assert reloaded.encode("lazy wizards") == tok.encode("lazy wizards") and reloaded.kind == "sentencepiece"
+
+
+def test_encode_texts_and_tokenless_documents(tmp_path, make_cfg):
+    root = write_xmtc(tmp_path / "d", test_texts=["apple fig", "!!! ---"])
+    corpus = load(make_cfg, root)
+    assert corpus.test["input_ids"] == [[2, 1], [1]] and corpus.stats["test_docs_without_tokens"] == 1
+    assert encode_texts(corpus, ["banana apple cherry", "...", "date"], max_len=2) == [[3, 2], [1], [5]]
+    assert load_tokenizer(corpus.cache_path).encode("Cherry apple") == [4, 2]
+
+
+def test_encode_labeled_files_like_the_corpus(small_xmtc, make_cfg, tmp_path):
+    cfg = make_cfg(format="xmtc_text", path=str(small_xmtc), max_len=2)
+    corpus = load_corpus(cfg, SyntheticConfig())
+    texts = write_lines(tmp_path / "t.txt", ["cherry apple banana", "", "fig"])
+    labels = write_lines(tmp_path / "l.txt", ["c new a", "a", "new"])
+    with pytest.raises(DataError, match=f"^{texts} line 2 is an empty document"):
+        encode_labeled_files(corpus, texts, labels, cfg)
+    cfg.bad_lines = "skip"
+    dataset, stats = encode_labeled_files(corpus, texts, labels, cfg)
+    assert dataset["input_ids"] == [[4, 2], [1]] and dataset["labels"] == [[2, 0], []]
+    assert stats["eval_unseen_labels_dropped"] == 2 and stats["eval_docs_without_labels"] == 1
+    assert stats["eval_skipped_empty"] == 1 and stats["eval_truncated"] == 1

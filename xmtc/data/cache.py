@@ -1,0 +1,79 @@
+"""The on-disk corpus cache: one directory per key, built once under a lock, published by a rename.
+
+The key hashes everything that changes the cached result (see `xmtc.data.loader.cache_inputs`).
+A build writes into a temporary sibling directory and renames it into place, so a directory named
+after a key is always complete: a crash leaves only a temporary directory, removed by the next build,
+and an existing cache is never written to. Ranks that start together wait on one file lock; the first
+builds, the others find the finished directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+CACHE_VERSION = 1
+"""Bump when the cached layout or the tokenization/reading code changes what a cache holds."""
+COMPLETE_MARKER = "meta.json"
+"""Written last inside the temporary directory; the rename happens only after it exists."""
+
+
+def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """A file's identity for the cache key: absolute path, size and modification time (ns)."""
+    st = os.stat(path)
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def cache_key(inputs: dict[str, Any]) -> str:
+    blob = json.dumps({"cache_version": CACHE_VERSION, **inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _is_complete(directory: Path) -> bool:
+    return (directory / COMPLETE_MARKER).is_file()
+
+
+def build_once(root: str | os.PathLike, key: str, inputs: dict[str, Any], build: Callable[[Path], None]) -> tuple[Path, bool]:
+    """The cache directory for `key`, built by `build(tmp_dir)` unless it exists -> (path, was_cached).
+
+    `build` must write COMPLETE_MARKER as its last step.
+    """
+    root = Path(root)
+    final = root / key
+    if _is_complete(final):
+        return final, True
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"{key}.lock")):
+        if _is_complete(final):  # another process built it while we waited
+            return final, True
+        for stale in root.glob(f".tmp-{key}-*"):  # left by a crashed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():  # not complete, so not ours to trust: a leftover of an older layout
+            shutil.rmtree(final)
+        tmp = root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            (tmp / "key.json").write_text(json.dumps({"key": key, "cache_version": CACHE_VERSION, **inputs}, indent=2, default=str))
+            build(tmp)
+            if not _is_complete(tmp):
+                raise RuntimeError(f"corpus build into {tmp} finished without writing {COMPLETE_MARKER}")
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not _is_complete(final):
+                    raise
+                # Only a process that bypassed the lock (a filesystem without locks) can get here: use its copy.
+                shutil.rmtree(tmp, ignore_errors=True)
+                return final, True
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final, False

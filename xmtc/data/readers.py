@@ -1,0 +1,305 @@
+"""Readers: files on disk -> raw documents (text + label names), with one policy for bad input.
+
+Every reader returns `RawSplit`s. A bad document (empty text, no labels, bytes that are not UTF-8)
+either stops the run with one sentence naming the file and line (`data.bad_lines = "error"`) or is
+skipped and counted (`"skip"`). A labels file whose line count differs from its texts file always
+stops: the pairing of every later line would be wrong.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xmtc.config import ConfigError, DataError
+
+XC_REPOSITORY = "the Extreme Classification Repository (http://manikvarma.org/downloads/XC/XMLRepository.html)"
+SGM_REPOSITORY = "the SGM repository (https://github.com/lancopku/SGM), which links RCV1-V2 and AAPD"
+SKIP_REASONS = ("empty", "no_labels", "undecodable")
+TABLE_LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass
+class RawSplit:
+    """One split as read: texts, label names (deduplicated, file order), and where each came from."""
+
+    name: str
+    locate: Callable[[int], str] = str
+    """Source row (0-based) -> where its labels are, e.g. "test_labels.txt line 12", for label messages."""
+    texts: list[str] = field(default_factory=list)
+    labels: list[list[str]] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    """Per kept document, its 0-based row in the source (skipped rows leave gaps)."""
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    duplicate_labels: int = 0
+
+
+class SplitBuilder:
+    """Accumulates documents of one split, applying the bad-lines policy to each."""
+
+    def __init__(self, name: str, bad_lines: str, locate_labels: Callable[[int], str]):
+        if bad_lines not in ("error", "skip"):
+            raise ConfigError(f'config key \'data.bad_lines\' is "{bad_lines}"; allowed: "error", "skip"')
+        self.split = RawSplit(name, locate_labels)
+        self.bad_lines = bad_lines
+
+    def bad(self, reason: str, message: str) -> bool:
+        if self.bad_lines == "error":
+            raise DataError(f'{message}; fix it or set data.bad_lines to "skip" to skip such documents')
+        self.split.skipped[reason] += 1
+        return False
+
+    def text_ok(self, text: Any, at: str) -> bool:
+        """True if usable; a bad text raises or is counted (None: the line was not UTF-8)."""
+        if text is None:
+            return self.bad("undecodable", f"{at} is not valid UTF-8")
+        if not isinstance(text, str):
+            raise DataError(f"{at} holds a {type(text).__name__}, expected the document text as a string")
+        if not text.strip():
+            return self.bad("empty", f"{at} is an empty document")
+        return True
+
+    def add(self, row: int, text: Any, labels: Any, text_at: str) -> bool:
+        """True if kept. Labels may be a list or one space-separated string; None: the line was not UTF-8."""
+        labels_at = self.split.locate(row)
+        if text is None:
+            return self.bad("undecodable", f"{text_at} is not valid UTF-8")
+        if labels is None:
+            return self.bad("undecodable", f"{labels_at} is not valid UTF-8")
+        if isinstance(labels, str):
+            labels = labels.split()
+        elif isinstance(labels, int) and not isinstance(labels, bool):  # a CSV column of single numeric labels
+            labels = [str(labels)]
+        elif isinstance(labels, (list, tuple)):
+            labels = [str(x).strip() for x in labels if x is not None and str(x).strip()]
+        else:
+            raise DataError(f"{labels_at} holds a {type(labels).__name__}, expected a list of labels or a space-separated string")
+        if not self.text_ok(text, text_at):
+            return False
+        if not labels:
+            return self.bad("no_labels", f"{labels_at} has no labels")
+        unique = list(dict.fromkeys(labels))
+        self.split.duplicate_labels += len(labels) - len(unique)
+        self.split.texts.append(text)
+        self.split.labels.append(unique)
+        self.split.rows.append(row)
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain line files
+
+
+def read_lines(path: str | os.PathLike) -> list[str | None]:
+    """Lines of a UTF-8 file split on "\\n" only (as `wc -l` counts); None for a line that is not UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist or is not a file")
+    data = path.read_bytes()
+    if not data:
+        return []
+    if data.startswith(codecs.BOM_UTF8):  # editors on Windows write one; it is not part of the first line
+        data = data[len(codecs.BOM_UTF8) :]
+    if data.endswith(b"\n"):  # the last line's terminator, not an empty line after it
+        data = data[:-1]
+    try:
+        # One decode of the whole file is the fast path; the per-line decode below runs only on bad bytes.
+        lines: list[str | None] = list(data.decode("utf-8").split("\n"))
+    except UnicodeDecodeError:
+        lines = []
+        for raw in data.split(b"\n"):
+            try:
+                lines.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                lines.append(None)
+    return [line[:-1] if line is not None and line.endswith("\r") else line for line in lines]
+
+
+def read_texts(path: str | os.PathLike, bad_lines: str = "error") -> tuple[list[str], list[int]]:
+    """A texts file (one document per line) -> (texts, their 1-based line numbers).
+
+    Empty or undecodable lines raise DataError naming the file and line, or with bad_lines="skip" are
+    left out; the line numbers say which lines the kept texts came from.
+    """
+    builder = SplitBuilder("texts", bad_lines, str)
+    texts, numbers = [], []
+    for i, line in enumerate(read_lines(path)):
+        if builder.text_ok(line, f"{path} line {i + 1}"):
+            texts.append(line)
+            numbers.append(i + 1)
+    return texts, numbers
+
+
+def read_paired_files(name: str, texts_path: Path, labels_path: Path, bad_lines: str) -> RawSplit:
+    """A texts file and a labels file with one line per document each."""
+    texts = read_lines(texts_path)
+    labels = read_lines(labels_path)
+    if len(texts) != len(labels):
+        raise DataError(
+            f"{texts_path} has {len(texts)} lines but {labels_path} has {len(labels)}; "
+            "each document needs exactly one labels line"
+        )
+    builder = SplitBuilder(name, bad_lines, lambda i: f"{labels_path} line {i + 1}")
+    for i, (text, label_line) in enumerate(zip(texts, labels)):
+        builder.add(i, text, label_line, f"{texts_path} line {i + 1}")
+    return builder.split
+
+
+def _require_files(directory: str, names: Sequence[str], layout: str, where_to_get: str) -> Path:
+    root = Path(directory)
+    if not directory or not root.is_dir():
+        raise DataError(
+            f"data.path '{directory}' is not a directory; the {layout} layout expects {', '.join(names)} "
+            f"in it (real datasets: {where_to_get})"
+        )
+    for n in names:
+        if not (root / n).is_file():
+            raise DataError(
+                f"{root / n} is missing; the {layout} layout expects {', '.join(names)} in {root} "
+                f"(real datasets: {where_to_get})"
+            )
+    return root
+
+
+XMTC_TEXT_FILES = ("train_texts.txt", "train_labels.txt", "test_texts.txt", "test_labels.txt")
+
+
+def xmtc_text_files(directory: str) -> list[Path]:
+    root = _require_files(directory, XMTC_TEXT_FILES, "xmtc_text", XC_REPOSITORY)
+    return [root / n for n in XMTC_TEXT_FILES]
+
+
+def read_xmtc_text(directory: str, bad_lines: str) -> dict[str, RawSplit]:
+    root = Path(directory)
+    xmtc_text_files(directory)
+    return {
+        s: read_paired_files(s, root / f"{s}_texts.txt", root / f"{s}_labels.txt", bad_lines)
+        for s in ("train", "test")
+    }
+
+
+def sgm_files(directory: str) -> list[Path]:
+    """{train,test}.src/.tgt are required; valid.src/.tgt are optional but come as a pair."""
+    required = ("train.src", "train.tgt", "test.src", "test.tgt")
+    root = _require_files(directory, required, "sgm", SGM_REPOSITORY)
+    valid = [root / "valid.src", root / "valid.tgt"]
+    present = [p.is_file() for p in valid]
+    if any(present) and not all(present):
+        have, lack = (valid[0], valid[1]) if present[0] else (valid[1], valid[0])
+        raise DataError(f"{have} exists but {lack} is missing; the sgm validation split needs both")
+    return [root / n for n in required] + (valid if all(present) else [])
+
+
+def read_sgm(directory: str, bad_lines: str) -> dict[str, RawSplit]:
+    """The SGM code's format: `.src` lines of already-tokenized words, `.tgt` lines of labels."""
+    root = Path(directory)
+    files = sgm_files(directory)
+    names = ["train", "test"] + (["valid"] if root / "valid.src" in files else [])
+    return {s: read_paired_files(s, root / f"{s}.src", root / f"{s}.tgt", bad_lines) for s in names}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables and Hub datasets (through `datasets`)
+
+
+def table_loader(path_str: str, key: str) -> str:
+    if not path_str:
+        raise ConfigError(f'config key \'{key}\' is empty; the "table" format needs a .jsonl, .json, .csv or .parquet file')
+    path = Path(path_str)
+    loader = TABLE_LOADERS.get(path.suffix.lower())
+    if loader is None:
+        raise ConfigError(f"config key '{key}' is {path_str}, whose extension is not one of {', '.join(TABLE_LOADERS)}")
+    if not path.is_file():
+        raise DataError(f"{path} (config key '{key}') does not exist or is not a file")
+    return loader
+
+
+def _check_utf8_lines(path: Path) -> None:
+    """Text tables: name the first line that is not UTF-8 (the `datasets` readers would not)."""
+    for i, line in enumerate(read_lines(path)):
+        if line is None:
+            raise DataError(f"{path} line {i + 1} is not valid UTF-8; a table file must be UTF-8 throughout")
+
+
+def _row_locator(path: Path, loader: str) -> Callable[[int], str]:
+    if loader == "json" and path.suffix.lower() == ".jsonl":
+        return lambda i: f"{path} line {i + 1}"
+    if loader == "csv":
+        return lambda i: f"{path} row {i + 1} (after the header)"
+    return lambda i: f"{path} row {i + 1}"
+
+
+def _hub_locator(source: str) -> Callable[[int], str]:
+    return lambda i: f"{source} row {i + 1}"
+
+
+def split_from_columns(
+    name: str, table: Any, text_column: str, labels_column: str, bad_lines: str, locate: Callable[[int], str], source: str
+) -> RawSplit:
+    """A `datasets.Dataset` (or anything with column_names and column access) -> RawSplit."""
+    for column, key in ((text_column, "data.text_column"), (labels_column, "data.labels_column")):
+        if column not in table.column_names:
+            raise DataError(
+                f"{source} has no column '{column}' (config key '{key}'); its columns are: {', '.join(table.column_names)}"
+            )
+    builder = SplitBuilder(name, bad_lines, locate)
+    for i, (text, labs) in enumerate(zip(table[text_column], table[labels_column])):
+        builder.add(i, "" if text is None else text, [] if labs is None else labs, locate(i))
+    return builder.split
+
+
+def read_table(
+    train_file: str, test_file: str, text_column: str, labels_column: str, bad_lines: str, hf_cache_dir: str
+) -> dict[str, RawSplit]:
+    from datasets import load_dataset
+
+    out = {}
+    for name, file, key in (("train", train_file, "data.train_file"), ("test", test_file, "data.test_file")):
+        loader = table_loader(file, key)
+        path = Path(file)
+        if loader != "parquet":
+            _check_utf8_lines(path)
+        try:
+            table = load_dataset(loader, data_files={name: str(path)}, split=name, cache_dir=hf_cache_dir)
+        except Exception as e:  # datasets raises many types (ArrowInvalid, DatasetGenerationError, ...)
+            cause = e.__cause__ or e
+            raise DataError(f"{path} could not be read as {loader}: {type(cause).__name__}: {cause}".strip()) from e
+        out[name] = split_from_columns(name, table, text_column, labels_column, bad_lines, _row_locator(path, loader), str(path))
+    return out
+
+
+def load_hub(hub_name: str, hub_config: str) -> Any:
+    """The Hub dataset (a DatasetDict); a local directory of data files also works (offline)."""
+    from datasets import load_dataset
+
+    if not hub_name:
+        raise ConfigError('config key \'data.hub_name\' is empty; the "hub" format needs a dataset name')
+    try:
+        return load_dataset(hub_name, hub_config or None)
+    except Exception as e:  # network, missing dataset, bad config name: all user-facing
+        raise DataError(
+            f"Hub dataset '{hub_name}'{f' config {hub_config!r}' if hub_config else ''} could not be loaded "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the name and network, or "
+            'download it and use data.format "table"'
+        ) from e
+
+
+def hub_split(loaded: Any, hub_name: str, split: str, key: str) -> Any:
+    if split not in loaded:
+        raise DataError(f"Hub dataset '{hub_name}' has no split '{split}' (config key '{key}'); it has: {', '.join(loaded)}")
+    return loaded[split]
+
+
+def read_hub(
+    loaded: Any, hub_name: str, train_split: str, test_split: str, text_column: str, labels_column: str, bad_lines: str
+) -> dict[str, RawSplit]:
+    out = {}
+    for name, split, key in (("train", train_split, "data.train_split"), ("test", test_split, "data.test_split")):
+        table = hub_split(loaded, hub_name, split, key)
+        source = f"Hub dataset '{hub_name}' split '{split}'"
+        out[name] = split_from_columns(name, table, text_column, labels_column, bad_lines, _hub_locator(source), source)
+    return out

@@ -1,0 +1,155 @@
+"""Tokenizers trained on the training texts: a lower-cased word vocabulary, or a SentencePiece unigram.
+
+Both reserve id 0 for padding and id 1 for unknown tokens, so an embedding table of `vocab_size`
+rows with `padding_idx=0` fits either. `encode` returns every token; truncation to `data.max_len`
+happens when a corpus is cached (`xmtc.data.loader.encode_texts`) and again in `collate`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from xmtc.config import ConfigError, DataError
+from xmtc.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+PAD_ID = 0
+UNK_ID = 1
+WORD = re.compile(r"\w+")
+SPM_TRAIN_CHARS = 20_000_000
+"""SentencePiece trains on a seeded sample of training documents of about this many characters."""
+SPM_LINE_WORDS = 200
+"""Documents are cut into lines of this many words for SentencePiece (its default line cap is 4192 bytes)."""
+
+
+class WhitespaceTokenizer:
+    """Lower-cased words (regex `\\w+`, or plain whitespace for pre-tokenized text); ids by training frequency."""
+
+    kind = "whitespace"
+
+    def __init__(self, words: Sequence[str], pretokenized: bool = False):
+        self.words = list(words)
+        self.pretokenized = pretokenized
+        self.index = {w: i + 2 for i, w in enumerate(self.words)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.words) + 2
+
+    def split(self, text: str) -> list[str]:
+        text = text.lower()
+        return text.split() if self.pretokenized else WORD.findall(text)
+
+    def encode(self, text: str) -> list[int]:
+        get = self.index.get
+        return [get(w, UNK_ID) for w in self.split(text)]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    @classmethod
+    def train(cls, texts: Sequence[str], vocab_size: int, min_count: int, pretokenized: bool) -> "WhitespaceTokenizer":
+        """The `vocab_size - 2` most frequent words seen at least `min_count` times (ties by word)."""
+        splitter = cls([], pretokenized)
+        counts: Counter[str] = Counter()
+        for t in texts:
+            counts.update(splitter.split(t))
+        kept = [w for w, c in counts.items() if c >= min_count]
+        kept.sort(key=lambda w: (-counts[w], w))
+        return cls(kept[: vocab_size - 2], pretokenized)
+
+    def save(self, directory: Path) -> None:
+        spec = {"kind": self.kind, "pretokenized": self.pretokenized, "words": self.words}
+        atomic_write_text(directory / "tokenizer.json", json.dumps(spec, ensure_ascii=False))
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece unigram model (pad=0, unk=1, no bos/eos), kept as its serialized bytes."""
+
+    kind = "sentencepiece"
+    model_file = "spm.model"
+
+    def __init__(self, model_proto: bytes):
+        import sentencepiece as spm
+
+        self.model_proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.sp.encode(list(texts), num_threads=os.cpu_count() or 1)
+
+    @classmethod
+    def train(cls, texts: Sequence[str], vocab_size: int, seed: int = 0) -> "SentencePieceTokenizer":
+        import sentencepiece as spm
+
+        model = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_spm_lines(texts, seed),
+            model_writer=model,
+            model_type="unigram",
+            vocab_size=vocab_size,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=-1,
+            eos_id=-1,
+            hard_vocab_limit=False,  # a small corpus yields fewer pieces rather than an error
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+        return cls(model.getvalue())
+
+    def save(self, directory: Path) -> None:
+        atomic_write_bytes(directory / self.model_file, self.model_proto)
+        atomic_write_json(directory / "tokenizer.json", {"kind": self.kind, "model": self.model_file})
+
+
+def _spm_lines(texts: Sequence[str], seed: int) -> Iterator[str]:
+    """A seeded sample of documents (about SPM_TRAIN_CHARS), cut into lines of SPM_LINE_WORDS words."""
+    order = np.random.default_rng(seed).permutation(len(texts))
+    budget = SPM_TRAIN_CHARS
+    for i in order:
+        words = texts[i].split()
+        for j in range(0, len(words), SPM_LINE_WORDS):
+            yield " ".join(words[j : j + SPM_LINE_WORDS])
+        budget -= len(texts[i])
+        if budget <= 0:
+            return
+
+
+Tokenizer = WhitespaceTokenizer | SentencePieceTokenizer
+
+
+def train_tokenizer(kind: str, texts: Sequence[str], vocab_size: int, min_count: int, pretokenized: bool) -> Tokenizer:
+    if vocab_size < 3:
+        raise ConfigError(f"config key 'data.vocab_size' is {vocab_size}; it needs room for padding, unknown and at least one token")
+    if kind == "whitespace":
+        return WhitespaceTokenizer.train(texts, vocab_size, min_count, pretokenized)
+    if kind == "sentencepiece":
+        return SentencePieceTokenizer.train(texts, vocab_size)
+    raise ConfigError(f'config key \'data.tokenizer\' is "{kind}"; allowed: "whitespace", "sentencepiece"')
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
+    """The tokenizer saved in a corpus cache directory (or any directory `save` wrote to)."""
+    directory = Path(directory)
+    try:
+        spec = json.loads((directory / "tokenizer.json").read_text())
+        if spec["kind"] == "whitespace":
+            return WhitespaceTokenizer(spec["words"], spec["pretokenized"])
+        return SentencePieceTokenizer((directory / spec["model"]).read_bytes())
+    except (OSError, KeyError, ValueError) as e:
+        raise DataError(f"{directory / 'tokenizer.json'} is missing or unreadable ({e}); delete {directory} to rebuild it") from e
