@@ -35,7 +35,7 @@ def load_model_state(ckpt_dir: str | Path, tag: str | None = None) -> dict[str, 
     ckpt_dir = Path(ckpt_dir)
     tag = resolve_tag(ckpt_dir, tag)
     tag_dir = ckpt_dir / tag
-    if (tag_dir / "label_shards.json").is_file():
+    if (tag_dir / "label_shards.json").is_file() or (tag_dir / "mp_rank_01_model_states.pt").is_file():
         from xmtc.parallel.reshard import load_unsharded_state
 
         return load_unsharded_state(tag_dir)

@@ -74,7 +74,8 @@ class XMLCNNConfig:
 @dataclass
 class SGMConfig:
     hidden_size: int = 256
-    """LSTM hidden size (each direction of the encoder; the decoder uses 2x? see xmtc/models/sgm.py)."""
+    """LSTM hidden size of each encoder direction; the decoder's is twice this, since it starts from
+    the two directions' final states concatenated (the paper's 256 and 512)."""
     encoder_layers: int = 2
     """BiLSTM encoder layers."""
     decoder_layers: int = 2

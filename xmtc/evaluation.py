@@ -18,12 +18,6 @@ from xmtc.distributed import all_reduce_sum
 from xmtc.metrics import MetricSums, propensity
 
 
-def take_rows(dataset, indices) -> list[dict]:
-    """Rows of a datasets.Dataset by index, read in one columnar slice."""
-    cols = dataset[indices]
-    return [dict(zip(cols, values)) for values in zip(*cols.values())]
-
-
 def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -46,8 +40,7 @@ def evaluate(model, dataset, cfg: Config, data_rank: int, data_world_size: int, 
     for start in range(0, max(most, 1), bs):
         lo, hi = mine.start + start, min(mine.start + start + bs, mine.stop)
         real = hi > lo
-        rows = take_rows(dataset, slice(lo, hi) if real else slice(0, 1))
-        batch = move(collate(rows, cfg.data.max_len), device)
+        batch = move(collate(dataset[lo:hi] if real else dataset[0:1], cfg.data.max_len), device)
         scores, ranked = model(batch["input_ids"], lengths=batch["lengths"], topk=depth)
         if not real:
             continue

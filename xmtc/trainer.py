@@ -27,7 +27,7 @@ from xmtc import ops
 from xmtc.config import Config, ConfigError
 from xmtc.data import TrainBatchSampler, collate, load_corpus
 from xmtc.distributed import DistInfo, all_reduce_max, all_reduce_sum, print0, setup
-from xmtc.evaluation import evaluate, move, take_rows
+from xmtc.evaluation import evaluate, move
 from xmtc.io import append_jsonl, atomic_write_json, atomic_write_text
 from xmtc.metrics import format_table
 from xmtc.models import build_model
@@ -52,6 +52,11 @@ class StopSignal:
 
     def _handle(self, signum, frame) -> None:
         self.received = signum
+
+    def ignore_further(self) -> None:
+        """Once stopping, a second signal must not kill a rank mid-checkpoint or during shutdown."""
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
     def any_rank(self, device) -> bool:
         flag = torch.tensor([1.0 if self.received else 0.0], device=device)
@@ -160,20 +165,21 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
         optimizer=optimizer,
         model_parameters=None if optimizer else plan.param_groups([{"params": list(model.parameters())}]),
         lr_scheduler=scheduler,
-        config=resolve_deepspeed_config(cfg, plan.data_world_size, dist_info.device.type),
+        config=plan.deepspeed_config(resolve_deepspeed_config(cfg, plan.data_world_size, dist_info.device.type)),
         mpu=plan.mpu,
         dist_init_required=False,
     )
 
-    step = 0
+    step, last_loss = 0, float("nan")
     if cfg.train.resume and (ckpt_dir / "latest").is_file():
         tag_loaded, client = engine.load_checkpoint(str(ckpt_dir))
         plan.load_checkpoint(engine, ckpt_dir, Path(tag_loaded).name)
         step = int(client["step"])
+        last_loss = float(client.get("train_loss", float("nan")))
         print0(f"resumed from {ckpt_dir} at step {step}")
 
     def save(tag_step: int) -> None:
-        engine.save_checkpoint(str(ckpt_dir), tag=f"step{tag_step}", client_state={"step": tag_step})
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step{tag_step}", client_state={"step": tag_step, "train_loss": last_loss})
         plan.save_checkpoint(engine, ckpt_dir, f"step{tag_step}")
 
     stop = StopSignal()
@@ -182,7 +188,7 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     samples_per_step = cfg.micro_batch_size * cfg.grad_accum * plan.data_world_size
     t_start = time.perf_counter()
     t_window, steps_window = t_start, 0
-    last_loss, samples_per_s, trained_steps = float("nan"), 0.0, 0
+    samples_per_s, trained_steps = 0.0, 0
 
     def log_eval(split) -> dict:
         metrics = evaluate(engine, split, cfg, plan.data_rank, plan.data_world_size, dist_info.device,
@@ -202,7 +208,7 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
         for micro, indices in enumerate(batches):
             # Dropout depends on (seed, step, rank) only, so a resumed run draws the same masks.
             torch.manual_seed(cfg.train.seed * 1_000_003 + step * 7919 + dist_info.rank)
-            batch = move(collate(take_rows(corpus.train, indices), cfg.data.max_len), dist_info.device)
+            batch = move(collate(corpus.train[indices], cfg.data.max_len), dist_info.device)
             loss = engine(batch["input_ids"], batch["label_idx"], batch["label_offsets"], batch["lengths"])
             engine.backward(loss)
             engine.step()
@@ -212,9 +218,9 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
             trained_steps += 1
             steps_window += 1
             is_last = step >= total_steps
+            # Every step: a checkpoint written at any step must carry that step's loss.
+            last_loss = float((all_reduce_sum(loss.detach().float().reshape(1).clone()) / dist_info.world_size).item())
             if step % cfg.train.log_every == 0 or is_last:
-                mean_loss = all_reduce_sum(loss.detach().float().reshape(1).clone()) / dist_info.world_size
-                last_loss = float(mean_loss.item())
                 now = time.perf_counter()
                 samples_per_s = steps_window * samples_per_step / max(now - t_window, 1e-9)
                 t_window, steps_window = now, 0
@@ -229,6 +235,7 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
             if cfg.train.save_every and step % cfg.train.save_every == 0 and not is_last:
                 save(step)
             if stop.any_rank(dist_info.device):
+                stop.ignore_further()
                 save(step)
                 if bar is not None:
                     bar.close()

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# The body of launch/slurm/single_node.sbatch and multi_node.sbatch; docs/slurm.md explains the knobs.
+#
+# Runs once per start of the job, on the first node of the allocation: checks the config, finds
+# the head node and a free port, starts the ranks (one per task with srun, or one DeepSpeed
+# launcher per node), and when the ranks exit with 75 (checkpointed on SIGUSR1/SIGTERM) requeues
+# the job, whose next start resumes from the checkpoint. Any other failure exits non-zero with
+# the reason in the log.
+set -uo pipefail
+
+readonly EXIT_REQUEUE=75
+
+die() {
+    echo "error: $*" >&2
+    [ -z "${batch_log:-}" ] || echo "error: $*" >>"$batch_log"
+    exit 2
+}
+
+[ -n "${SLURM_JOB_ID:-}" ] || die "train_job.sh runs inside a SLURM job: sbatch launch/slurm/single_node.sbatch (or multi_node.sbatch)"
+root=${XMTC_ROOT:-$SLURM_SUBMIT_DIR}
+cd "$root" || die "cannot enter XMTC_ROOT=$root"
+
+python=${XMTC_PYTHON:-python3}
+launcher=${XMTC_LAUNCHER:-srun}
+grace=${XMTC_EXIT_GRACE:-120}
+restart=${SLURM_RESTART_COUNT:-0}
+config=${XMTC_CONFIG:-}
+command -v "$python" >/dev/null || die "XMTC_PYTHON=$python is not an executable on $(hostname)"
+[[ $launcher == srun || $launcher == deepspeed ]] || die "XMTC_LAUNCHER is '$launcher'; use 'srun' (one process per rank) or 'deepspeed' (one launcher per node)"
+[[ $grace =~ ^[0-9]+$ && $grace -gt 0 ]] || die "XMTC_EXIT_GRACE is '$grace'; give the seconds the other ranks get once one has exited (e.g. 120)"
+[ -n "$config" ] || die "XMTC_CONFIG is empty; set it to a config name in configs/ or a JSON path"
+
+# Extra trainer arguments: XMTC_TRAIN_ARGS (split on spaces), then the batch script's own arguments.
+read -r -a train_args <<<"${XMTC_TRAIN_ARGS:-}"
+train_args+=("$@")
+if ((restart > 0)); then
+    # A requeued start continues from DIR/checkpoints/latest; the last override wins.
+    train_args+=(--train.resume true)
+fi
+
+output_dir=$("$python" launch/slurm/check_config.py "$config" "${train_args[@]}") || exit 2
+[[ $output_dir == /* ]] || output_dir=$root/$output_dir
+log_dir=$output_dir/logs/slurm-$SLURM_JOB_ID
+rank_log_dir=$log_dir/restart$restart
+mkdir -p "$rank_log_dir" || die "cannot create the log directory $rank_log_dir"
+batch_log=$log_dir/batch.log
+
+log() {
+    printf '%s [job %s restart %s] %s\n' "$(date '+%F %T')" "$SLURM_JOB_ID" "$restart" "$*" | tee -a "$batch_log"
+}
+
+mapfile -t hosts < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+((${#hosts[@]} > 0)) || die "scontrol show hostnames returned no node for SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST"
+nodes=${#hosts[@]}
+if [ -n "${SLURM_NTASKS_PER_NODE:-}" ]; then
+    ranks_per_node=${SLURM_NTASKS_PER_NODE%%(*}
+elif ((SLURM_NTASKS % nodes == 0)); then
+    ranks_per_node=$((SLURM_NTASKS / nodes))
+else
+    die "$SLURM_NTASKS tasks do not split evenly over $nodes nodes; submit with --ntasks-per-node"
+fi
+gpus_per_node=${SLURM_GPUS_ON_NODE:-0}
+if ((gpus_per_node > 0 && gpus_per_node != ranks_per_node)); then
+    die "the job has $ranks_per_node tasks but $gpus_per_node GPUs per node; submit with --ntasks-per-node equal to --gpus-per-node"
+fi
+
+# The batch script runs on the first node of the allocation, so a port free here is free on the head node.
+export MASTER_ADDR=${hosts[0]}
+MASTER_PORT=$("$python" - "$SLURM_JOB_ID" <<'EOF'
+import random, socket, sys
+# Job id mod 1000 owns 10 ports below the ephemeral range: jobs sharing a head node do not race for
+# one port, and a requeued start that finds its last port in TIME_WAIT takes the next.
+own = 20000 + int(sys.argv[1]) % 1000 * 10
+for port in [*range(own, own + 10), *random.sample(range(20000, 30000), 200)]:
+    with socket.socket() as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            continue
+    print(port)
+    break
+else:
+    sys.exit("error: no free TCP port found between 20000 and 29999 on the head node")
+EOF
+) || exit 2
+export MASTER_PORT
+cpus_per_rank=${SLURM_CPUS_PER_TASK:-1}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$cpus_per_rank}
+
+# Once one rank (or node launcher) has exited, the others get $grace seconds before SLURM kills them,
+# so a dead rank never leaves the rest waiting in a collective for the whole process-group timeout.
+# --kill-on-bad-exit=0 because 75 is not a failure: every rank exits with it after the checkpoint.
+srun_opts=(--kill-on-bad-exit=0 --wait="$grace")
+if [ "$launcher" = srun ]; then
+    # srun since 22.05 no longer takes --cpus-per-task from the allocation by itself.
+    srun_opts+=(--cpus-per-task="$cpus_per_rank" --output="$rank_log_dir/rank%t.log")
+    # Until the trainer installs its handler, USR1 would kill a rank; ignoring it then loses nothing.
+    cmd=(bash -c 'trap "" USR1; exec "$@"' xmtc-rank "$python" -u launch/train.py)
+    rank_logs="$rank_log_dir/rank<R>.log"
+else
+    srun_opts+=(--nodes="$nodes" --ntasks="$nodes" --ntasks-per-node=1
+        --cpus-per-task=$((cpus_per_rank * ranks_per_node)) --output="$rank_log_dir/node%n.log")
+    hostlist=$(IFS=,; echo "${hosts[*]}")
+    cmd=("$python" launch/slurm/deepspeed_node.py "$hostlist" "$ranks_per_node" "$MASTER_ADDR" "$MASTER_PORT"
+        "$rank_log_dir" launch/train.py)
+    rank_logs="$rank_log_dir/node<N>.log and <time>_rank<R>.log"
+fi
+
+log "start on $nodes node(s) [${hosts[*]}] x $ranks_per_node rank(s), launcher $launcher, master $MASTER_ADDR:$MASTER_PORT"
+log "config $config ${train_args[*]}"
+log "output $output_dir; rank logs $rank_logs"
+# SIGTERM (scancel, preemption, time limit) also reaches the ranks; this shell waits for their checkpoint.
+trap 'log "batch shell received SIGTERM; waiting for the ranks"' TERM
+# With --signal=B:USR1@... the warning comes to this shell only: hand it to every process of the step.
+trap 'log "batch shell received SIGUSR1; passing it to the ranks"; scancel --signal=USR1 "$SLURM_JOB_ID"' USR1
+started=$(date +%s)
+# In the background, so that the traps above run at once rather than when srun has ended.
+srun "${srun_opts[@]}" "${cmd[@]}" --config "$config" --train.output_dir "$output_dir" "${train_args[@]}" &
+srun_pid=$!
+# A trapped signal interrupts wait; keep waiting until srun itself has exited.
+while true; do
+    wait "$srun_pid"
+    rc=$?
+    kill -0 "$srun_pid" 2>/dev/null || break
+done
+
+# A rank that has checkpointed and is already exiting has no handler left, so a late USR1 kills it:
+# srun reports that as 128+10, DeepSpeed's launcher as 256-10. With a checkpoint from this start, requeue.
+latest=$output_dir/checkpoints/latest
+if ((rc == 128 + 10 || rc == 256 - 10)) && [ -f "$latest" ] && (($(stat -c %Y "$latest") >= started)); then
+    log "a rank died of SIGUSR1 while exiting after the checkpoint (srun exit $rc)"
+    rc=$EXIT_REQUEUE
+fi
+
+if ((rc == 0)); then
+    log "training finished; final metrics in $output_dir/final_metrics.json"
+    exit 0
+fi
+if ((rc == EXIT_REQUEUE)); then
+    log "ranks checkpointed in $output_dir/checkpoints and exited with $EXIT_REQUEUE; requeueing"
+    # SLURM ends this start of the job right after the requeue; nothing is left to wait for.
+    trap '' TERM
+    if scontrol requeue "$SLURM_JOB_ID"; then
+        exit 0
+    fi
+    log "scontrol requeue failed (job cancelled, or submitted with --no-requeue); resubmit with --train.resume true to continue"
+    exit "$EXIT_REQUEUE"
+fi
+why=""
+((rc > 128 && rc < 160)) && why=" (a rank was killed by signal $((rc - 128)))"
+((rc > 192)) && why=" (a rank was killed by signal $((256 - rc)))"  # DeepSpeed's launcher exits with -signal
+log "training failed: srun exited with $rc$why"
+first_error=$(grep -l -m1 -E '^(error:|Traceback)' "$rank_log_dir"/*.log 2>/dev/null | head -n 1)
+if [ -n "$first_error" ]; then
+    log "last lines of $first_error:"
+    tail -n 6 "$first_error" | tee -a "$batch_log"
+fi
+exit "$rc"

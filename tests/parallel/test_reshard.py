@@ -1,0 +1,155 @@
+"""Re-sharding checkpoints: a full model and its Adam state cut into 3 label shards the way a
+sharded run saves them, re-sharded to 2 and to 1 and compared with cutting the originals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import shard_workers as w
+from xmtc.config import ConfigError, UserError
+from xmtc.parallel.groups import label_range
+from xmtc.parallel.reshard import (
+    check_resume_layout,
+    load_unsharded_state,
+    model_file,
+    read_layout,
+    reshard_tag,
+)
+
+SHARDED = ("output.weight", "output.bias")
+
+
+def trained_state():
+    """A full model state and its torch AdamW state after two steps (param ids in named order)."""
+    torch.manual_seed(0)
+    model = w.TinyXML()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    for step in range(2):
+        x, idx, offsets = w.global_batch(step, 6)
+        w.reference_loss(model, model.encode(x), idx, offsets).backward()
+        opt.step()
+        opt.zero_grad()
+    names = [n for n, _ in model.named_parameters()]
+    return {k: v.clone() for k, v in model.state_dict().items()}, opt.state_dict(), names
+
+
+def cut(full: dict, optimizer: dict, names: list[str], num_shards: int, shard: int):
+    rows = slice(*label_range(w.L, num_shards, shard))
+    module = {k: (v[rows].clone() if k in SHARDED else v) for k, v in full.items()}
+    state = {}
+    for i, name in enumerate(names):
+        state[i] = {k: (v[rows].clone() if name in SHARDED and v.dim() > 0 else v) for k, v in optimizer["state"][i].items()}
+    return module, {"state": state, "param_groups": optimizer["param_groups"]}
+
+
+def write_sharded_tag(tag_dir, full, optimizer, names, num_shards=3):
+    tag_dir.mkdir(parents=True)
+    for s in range(num_shards):
+        module, opt = cut(full, optimizer, names, num_shards, s)
+        torch.save({"module": module, "optimizer": opt, "global_steps": 2, "step": 2, "mp_world_size": num_shards},
+                   model_file(tag_dir, s))
+    layout = {"num_shards": num_shards, "num_labels": w.L, "sharded": list(SHARDED), "zero_stage": 0,
+              "optimizer_params": [names]}
+    (tag_dir / "label_shards.json").write_text(json.dumps(layout))
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if torch.is_tensor(a[k]):
+            assert torch.equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k
+
+
+@pytest.fixture
+def run(tmp_path):
+    full, optimizer, names = trained_state()
+    ckpt = tmp_path / "checkpoints"
+    write_sharded_tag(ckpt / "step2", full, optimizer, names)
+    (ckpt / "latest").write_text("step2")
+    return ckpt, full, optimizer, names
+
+
+def test_unsharded_state_reassembles_the_full_model(run):
+    ckpt, full, _, _ = run
+    assert_same(load_unsharded_state(ckpt / "step2"), full)
+    from xmtc.checkpoint import load_model_state
+
+    assert_same(load_model_state(ckpt), full)
+
+
+@pytest.mark.parametrize("to", [1, 2, 4])
+def test_reshard_cuts_weights_and_adam_state_like_the_original(run, to):
+    ckpt, full, optimizer, names = run
+    before = {p.name: p.read_bytes() for p in (ckpt / "step2").iterdir()}
+    new_tag = reshard_tag(ckpt, "step2", to)
+    assert new_tag == f"step2-shards{to}"
+    assert {p.name: p.read_bytes() for p in (ckpt / "step2").iterdir()} == before  # source untouched
+    assert (ckpt / "latest").read_text() == "step2"
+    new = ckpt / new_tag
+    assert read_layout(new)["num_shards"] == to and not (new / "WEIGHTS_ONLY").exists()
+    assert sorted(p.name for p in new.glob("mp_rank_*")) == [model_file(new, s).name for s in range(to)]
+    for s in range(to):
+        module, opt = cut(full, optimizer, names, to, s)
+        saved = torch.load(model_file(new, s), weights_only=False)
+        assert_same(saved["module"], module)
+        assert saved["optimizer"]["param_groups"] == opt["param_groups"]
+        for i in opt["state"]:
+            assert_same(saved["optimizer"]["state"][i], opt["state"][i])
+        assert saved["global_steps"] == 2 and saved["step"] == 2 and saved["mp_world_size"] == to
+    assert_same(load_unsharded_state(new), full)
+
+
+def test_reshard_never_overwrites_and_leaves_no_partial_tag(run):
+    ckpt, *_ = run
+    reshard_tag(ckpt, "step2", 2)
+    with pytest.raises(UserError, match="already exists"):
+        reshard_tag(ckpt, "step2", 2)
+    with pytest.raises(UserError, match="between 1 and the 37 labels"):
+        reshard_tag(ckpt, "step2", 38)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["latest", "step2", "step2-shards2"]
+
+
+def test_reshard_without_optimizer_names_is_weights_only_and_not_resumable(run):
+    ckpt, full, _, _ = run
+    layout = json.loads((ckpt / "step2" / "label_shards.json").read_text())
+    layout["optimizer_params"] = None  # as a ZeRO-1/2 run writes it
+    (ckpt / "step2" / "label_shards.json").write_text(json.dumps(layout))
+    reshard_tag(ckpt, "step2", 2, set_latest=True)
+    assert (ckpt / "latest").read_text() == "step2-shards2"
+    assert torch.load(model_file(ckpt / "step2-shards2", 0), weights_only=False)["optimizer"] is None
+    assert_same(load_unsharded_state(ckpt / "step2-shards2"), full)
+    with pytest.raises(ConfigError, match="holds weights only"):
+        check_resume_layout(ckpt, 2)
+
+
+def test_resume_with_another_shard_count_stops_naming_the_key_and_the_tool(run):
+    ckpt, *_ = run
+    check_resume_layout(ckpt, 3)
+    with pytest.raises(ConfigError, match=r"'parallel.label_shards' is 2 but .* saved with 3.*xmtc.parallel.reshard .* --to 2"):
+        check_resume_layout(ckpt, 2)
+    with pytest.raises(ConfigError, match="saved with 3"):
+        check_resume_layout(ckpt, 1)
+
+
+def test_layout_of_an_interrupted_save_is_inferred_from_the_files(run):
+    ckpt, full, _, _ = run
+    (ckpt / "step2" / "label_shards.json").unlink()
+    assert read_layout(ckpt / "step2")["num_shards"] == 3
+    assert_same(load_unsharded_state(ckpt / "step2"), full)
+    with pytest.raises(UserError, match="lacks label_shards.json"):
+        reshard_tag(ckpt, "step2", 1)
+
+
+def test_cli_reports_the_new_tag(run, capsys):
+    from xmtc.parallel.reshard import main
+
+    ckpt, *_ = run
+    assert main(["--run", str(ckpt.parent), "--to", "1"]) == 0
+    assert "step2-shards1" in capsys.readouterr().out
+    assert main(["--run", str(ckpt.parent), "--to", "1"]) == 2
+    assert "already exists" in capsys.readouterr().err

@@ -1,0 +1,104 @@
+"""What launch/slurm/ decides before SLURM is involved: submit.sh's flags and refusals, DeepSpeed's device ids.
+
+submit.sh runs against a stand-in `sbatch` that records its arguments; the real sbatch takes the
+same scripts in test_batch_scripts.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SUBMIT = REPO / "launch" / "slurm" / "submit.sh"
+SINGLE = "launch/slurm/single_node.sbatch"
+
+
+@pytest.fixture
+def submit(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    recorded = tmp_path / "sbatch_args"
+    fake = bin_dir / "sbatch"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "XMTC_ROOT=$XMTC_ROOT" "$@" > {recorded}\n')
+    fake.chmod(0o755)
+
+    def run(*args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[str] | None]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("XMTC_", "SBATCH_"))}
+        done = subprocess.run([str(SUBMIT), *args], cwd=REPO, capture_output=True, text=True,
+                              env={**clean, "PATH": f"{bin_dir}:{clean['PATH']}", **env})
+        return done, (recorded.read_text().splitlines() if recorded.exists() else None)
+
+    return run
+
+
+def test_environment_becomes_sbatch_flags(submit):
+    done, argv = submit(SINGLE, "--time=1:00:00", "--", "--train.max_steps", "5",
+                        XMTC_NODES="4", XMTC_GPUS_PER_NODE="8", XMTC_CPUS_PER_RANK="6", XMTC_CONFIG="debug_xml_cnn")
+    assert done.returncode == 0, done.stderr
+    assert argv == [f"XMTC_ROOT={REPO}", "--nodes=4", "--gpus-per-node=8", "--ntasks-per-node=8", "--cpus-per-task=6",
+                    "--time=1:00:00", SINGLE, "--train.max_steps", "5"]
+
+
+def test_cpu_nodes_take_ranks_per_node(submit):
+    done, argv = submit(SINGLE, XMTC_GPUS_PER_NODE="0", XMTC_RANKS_PER_NODE="2")
+    assert done.returncode == 0, done.stderr
+    assert argv[1:] == ["--gpus-per-node=0", "--ntasks-per-node=2", SINGLE]
+
+
+def test_unset_variables_keep_the_script_defaults(submit):
+    done, argv = submit(SINGLE)
+    assert done.returncode == 0, done.stderr
+    assert argv[1:] == [SINGLE]
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"XMTC_CONFIG": "no_such_config"}, "error: config 'no_such_config' is neither a file nor a config in"),
+    ({"XMTC_CONFIG": "debug_xml_cnn", "XMTC_TRAIN_ARGS": "--train.no_such_key 1"}, "train.no_such_key"),
+    ({"XMTC_GPUS_PER_NODE": "0"}, "error: XMTC_GPUS_PER_NODE=0 needs XMTC_RANKS_PER_NODE"),
+    ({"XMTC_NODES": "two"}, "error: XMTC_NODES is 'two'; it must be an integer >= 1"),
+])
+def test_bad_input_is_refused_before_submitting(submit, env, message):
+    done, argv = submit(SINGLE, **env)
+    assert done.returncode == 2
+    assert argv is None, "sbatch ran although the input was refused"
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_missing_batch_script_is_refused(submit):
+    done, argv = submit("launch/slurm/no_such.sbatch")
+    assert done.returncode == 2 and argv is None
+    assert done.stderr.startswith("error: batch script 'launch/slurm/no_such.sbatch' not found")
+
+
+@pytest.fixture
+def deepspeed_node():
+    spec = importlib.util.spec_from_file_location("deepspeed_node", REPO / "launch" / "slurm" / "deepspeed_node.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("visible, expected", [
+    (None, [0, 1]),  # CPU nodes, or SLURM without GPU binding
+    ("4,5", [4, 5]),  # a node shared with another job: keep SLURM's GPUs, not 0 and 1
+    ("0,1,2,3", [0, 1]),
+    ("GPU-a1,GPU-b2", ["GPU-a1", "GPU-b2"]),
+])
+def test_deepspeed_gets_the_gpus_slurm_gave_the_node(deepspeed_node, monkeypatch, visible, expected):
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert deepspeed_node.local_device_ids(2) == expected
+
+
+def test_deepspeed_node_refuses_fewer_gpus_than_ranks(deepspeed_node, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with pytest.raises(SystemExit, match="2 ranks per node but this node sees only GPUs 3"):
+        deepspeed_node.local_device_ids(2)

@@ -1,0 +1,220 @@
+"""The memory planner: parameter tables, per-rank bytes under ZeRO, measurement, fitting, the CLI."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from xmtc.config import CONFIG_DIR, ConfigError, load_config
+from xmtc.memory import Layout, layer_rows, model_shape, predict
+from xmtc.memory.__main__ import main
+from xmtc.memory.params import seed_explanation, seed_total
+from xmtc.memory.plan import fitting_layouts
+from xmtc.memory.states import Param, zero12_layout
+from xmtc.memory.tracker import LiveTensorTracker
+
+SHIPPED = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+P_670K = 359_272_747
+
+
+@pytest.fixture(scope="module")
+def shape_670k():
+    return model_shape(load_config("xml_cnn_670k"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_parameter_table_of_every_shipped_config_sums_to_the_model(name):
+    cfg = load_config(name)
+    shape = model_shape(cfg)
+    rows = layer_rows(shape.model, cfg.model.name)
+    total = sum(p.numel() for p in shape.model.parameters())
+    assert sum(r.total for r in rows) == total
+    assert all(r.total > 0 for r in rows)
+    assert predict(shape, Layout(1, 0, 1, "fp32", 2)).params_per_rank == total
+    if total < 20_000_000:  # small enough to build for real: the meta model has the real model's counts
+        from xmtc.models import build_model
+
+        real = build_model(cfg, cfg.synthetic.num_labels, cfg.data.vocab_size)
+        assert sum(p.numel() for p in real.parameters()) == total
+
+
+def test_670k_table_matches_the_seed_budget(shape_670k):
+    rows = {r.name: r for r in layer_rows(shape_670k.model, "xml_cnn")}
+    assert (rows["embedding"].weights, rows["embedding"].seed_count) == (9_000_000, 9_000_000)
+    assert (rows["conv"].weights, rows["conv"].biases, rows["conv"].seed_count) == (224_000, 96, 224_000)
+    assert (rows["bottleneck"].weights, rows["bottleneck"].seed_count) == (6_291_456, 6_290_000)
+    assert (rows["output"].weights, rows["output"].biases, rows["output"].seed_count) == (343_086_592, 670_091, 343_000_000)
+    assert rows["output"].seed_formula == "512 x 670091"
+    assert seed_total(list(rows.values())) == 358_510_000
+    # 359,272,747 - 358,510,000 = 762,747 = 88,048 of rounding (86,592 + 1,456) + 670,699 biases.
+    why = seed_explanation(list(rows.values()))
+    assert "762,747" in why and "88,048" in why and "670,699" in why
+
+
+def test_sgm_table_by_hand():
+    shape = model_shape(load_config("debug_sgm"))
+    rows = {r.name: r for r in layer_rows(shape.model, "sgm")}
+    # vocab 3000 x embed 32; BiLSTM 32 -> 32: per direction 4H(in + H) weights + 8H biases.
+    assert rows["embedding"].total == 96_000
+    assert (rows["encoder LSTM"].weights, rows["encoder LSTM"].biases) == (2 * 128 * 64, 2 * 256)
+    # Decoder cell: input label dim 32 + context 64, hidden 64 (= 2 x 32); plus the BOS vector (32).
+    assert (rows["decoder LSTM"].weights, rows["decoder LSTM"].biases) == (256 * 96 + 256 * 64 + 32, 512)
+    # 50 labels + end-of-sequence = 51 outputs: projection 51 x 64 + 51, embeddings 51 x 32.
+    assert (rows["output projection"].weights, rows["output projection"].biases) == (51 * 64, 51)
+    assert rows["label embeddings"].total == 51 * 32
+    assert sum(r.total for r in rows.values()) == 177_971
+
+
+def test_zero2_on_4_ranks_670k_bytes_by_hand(shape_670k):
+    p = predict(shape_670k, Layout(4, 2, 1, "bf16", 128, "cuda"))
+    got = {(i.phase, i.what): i.nbytes for i in p.items}
+    # Groups: decay = conv weights 224,000 + bottleneck 6,291,456 + output 343,086,592 = 349,602,048
+    # (a multiple of 2 x 4, partition 87,400,512); rest = embedding 9,000,000 + biases 670,699
+    # = 9,670,699, padded to 9,670,704 (partition 2,417,676).
+    assert got[("persistent", "flat weights")] == 2 * (349_602_048 + 9_670_704) == 718_545_504
+    assert got[("persistent", "fp32 master partition")] == 4 * (87_400_512 + 2_417_676) == 359_272_752
+    assert got[("persistent", "optimizer moments (partition)")] == 8 * 89_818_188 == 718_545_504
+    # Rank 0 owns the first quarter of each group: the output layer starts there, so it keeps the
+    # whole decay group's gradient (349,602,048) plus the embedding's (9,000,000), in bf16.
+    assert got[("reduce", "grads_in_partition")] == 2 * 358_602_048 == 717_204_096
+    assert got[("reduce", "reduce bucket")] == 2 * 500_000_000
+    # The step's norm casts each gradient slice to fp64: the output layer's 87,400,512-element slice.
+    assert got[("step:norm", "fp64 copy of the largest gradient slice (norm)")] == 8 * 87_400_512
+    # Then the decay partition is cast to fp32 and foreach-Adam takes a sqrt of it.
+    assert got[("step:update", "fp32 gradient partition")] == 4 * 87_400_512
+    assert got[("step:update", "optimizer step scratch")] == 4 * 87_400_512
+    # DeepSpeed's estimate: 2P + int(18P / 4) = 718,545,494 + 1,616,727,361.
+    assert p.deepspeed_estimate["per_gpu"] == 2_335_272_855
+
+
+def test_zero12_partitions_keep_whole_gradients_of_overlapping_parameters():
+    params = [Param("a", 10, 2, "m"), Param("b", 100, 2, "m"), Param("c", 6, 2, "m")]
+    flats, parts, overlap = zero12_layout([params], 4)
+    # 116 elements padded to a multiple of 8 = 120, partitions of 30. a = [0, 10), b = [10, 110),
+    # c = [110, 116): rank 0 keeps a and b whole (110), ranks 1-2 keep b (100), rank 3 b and c (106).
+    assert (flats, parts) == ([120], [30])
+    assert overlap == 10 + 100
+
+
+def test_label_shards_split_the_output_layer(shape_670k):
+    p = predict(shape_670k, Layout(8, 1, 4, "bf16", 128, "cuda"))
+    rows = -(-670_091 // 4)  # 167,523 labels on shard 0
+    assert p.params_per_rank == 9_000_000 + 224_096 + 6_291_968 + rows * 513
+    act = {i.what: i.nbytes for i in p.items if i.phase == "forward:loss"}
+    # The fused loss scores the shard group's 4 x 128 rows: feature gradient 4 x 512 x 512 bytes.
+    assert act["fused loss: feature gradient"] == 4 * 512 * 512
+
+
+def test_fused_loss_never_holds_batch_by_labels_and_materialized_does(shape_670k):
+    g_by_l = 4 * 128 * 670_091
+    fused = predict(shape_670k, Layout(1, 0, 1, "fp32", 128, "cuda"))
+    assert max(i.nbytes for i in fused.items if i.component == "activations") < g_by_l
+    cfg = load_config("xml_cnn_670k", ["--xml_cnn.loss", "materialized"])
+    mat = predict(model_shape(cfg), Layout(1, 0, 1, "fp32", 128, "cuda"))
+    logits = [i for i in mat.items if i.what.startswith("materialized logits")]
+    assert logits[0].nbytes == 5 * g_by_l  # logits, targets and three of BCE's temporaries
+
+
+def test_bad_layouts_are_user_errors(shape_670k):
+    for layout in (Layout(1, 4, 1, "fp32", 8), Layout(4, 3, 2, "fp32", 8), Layout(6, 0, 4, "fp32", 8),
+                   Layout(1, 0, 1, "fp16", 8)):
+        with pytest.raises(ConfigError):
+            predict(shape_670k, layout)
+
+
+def test_fitting_search_returns_the_fewest_ranks(shape_670k):
+    limit = 4 * 2**30
+    base = Layout(1, 0, 1, "bf16", 128, "cuda")
+    fits = fitting_layouts(shape_670k, base, limit)
+    assert fits and all(p.peak <= limit for p in fits)
+    n = fits[0].layout.world_size
+    assert n == 4 and (fits[0].layout.zero_stage, fits[0].layout.label_shards) == (1, 1)
+    # Nothing on 2 ranks fits: every accepted layout there was tried.
+    for stage in range(4):
+        for k in (1, 2):
+            if not (k == 2 and stage == 3):
+                assert predict(shape_670k, Layout(2, stage, k, "bf16", 128, "cuda")).peak > limit
+
+
+def test_cli_reports_what_does_not_fit(capsys):
+    status = main(["--config", "xml_cnn_670k", "--dtype", "bf16", "--max-memory-gb", "4"])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "DOES NOT FIT" in out
+    assert "smallest layout that fits: 4 ranks, ZeRO-1, bf16, batch 128" in out
+
+
+@pytest.mark.parametrize("argv", [["--config", "xml_cnn_670k", "--zero-stage", "4"],
+                                  ["--config", "no_such_config"],
+                                  ["--config", "xml_cnn_670k", "--world-size", "two"],
+                                  ["--config", "xml_cnn_670k", "--batch", "0"]])
+def test_cli_bad_input_is_one_sentence_and_exit_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+
+
+def test_cli_writes_table_json_and_png(tmp_path, capsys):
+    js, png = tmp_path / "m.json", tmp_path / "m.png"
+    assert main(["--config", "xml_cnn_670k", "--world-size", "1,2,4,8", "--zero-stage", "2", "--dtype", "bf16",
+                 "--json", str(js), "--plot", str(png)]) == 0
+    doc = json.loads(js.read_text())
+    assert doc["parameters"]["total"] == P_670K
+    assert [d["layout"]["world_size"] for d in doc["layouts"]] == [1, 2, 4, 8]
+    four = doc["layouts"][2]
+    assert four["components"]["optimizer"] == 359_272_752 + 718_545_504
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "359,272,747" in capsys.readouterr().out
+
+
+def test_sgm_without_its_module_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "xmtc.models.sgm", None)
+    with pytest.raises(ConfigError, match="xmtc/models/sgm.py"):
+        model_shape(load_config("debug_sgm"))
+
+
+def test_tracker_counts_live_storages_and_the_peak():
+    tracker = LiveTensorTracker()
+    with tracker:
+        tracker.phase = "forward"
+        a = torch.ones(1000)  # 4,000 bytes
+        b = a * 2  # 4,000 more
+        c = b.view(10, 100)  # a view: no new storage
+        del a, b
+        d = torch.ones(250)  # after a is freed: 4,000 (c) + 1,000 live
+    assert tracker.peaks["forward"] == 8_000
+    assert tracker.current == 5_000
+    assert tracker.peak_parts("forward")["activations"] == 8_000
+    del c, d
+
+
+@pytest.fixture(scope="module")
+def measured_debug(tmp_path_factory):
+    """Two real steps of debug_xml_cnn on this CPU (one process, gloo), ZeRO 0 and ZeRO 2."""
+    from xmtc.memory.measure import measure
+
+    cache = str(tmp_path_factory.mktemp("cache"))
+    out = {}
+    for stage in (0, 2):
+        cfg = load_config("debug_xml_cnn", ["--data.cache_dir", cache, "--train.output_dir", cache,
+                                            "--deepspeed.zero_optimization.stage", str(stage),
+                                            # a bucket of 2e5 elements instead of 5e8: the bucket stays a part, not the whole
+                                            "--deepspeed.zero_optimization.reduce_bucket_size", "200000"])
+        m = measure(cfg, steps=2)
+        shape = model_shape(cfg, m.num_labels, m.vocab_size)
+        out[stage] = (m, predict(shape, Layout(1, stage, 1, "fp32", m.micro_batch, "cpu")))
+    return out
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_prediction_matches_measurement_on_cpu_within_10_percent(measured_debug, stage):
+    m, p = measured_debug[stage]
+    assert p.peak == pytest.approx(m.tracked_peak, rel=0.10)
+    for phase in ("forward", "reduce", "step"):
+        assert p.phase_total(phase) == pytest.approx(m.phase_peaks[phase], rel=0.10), phase
+    # Weights and optimizer state are what DeepSpeed allocated, byte for byte, but for a few scalar
+    # tensors of torch's Adam (its `step` counters, 4 bytes each).
+    predicted, got = p.parts("step"), m.phase_parts["step"]
+    assert got["weights"] == predicted["weights"]
+    assert 0 <= got["optimizer"] - predicted["optimizer"] <= 64

@@ -1,0 +1,179 @@
+"""End to end through the launchers users run: 2 gloo CPU processes training the debug config.
+
+ZeRO 0-3 must agree (fp32, the same global batches), a run stopped by a signal and resumed must end
+exactly like an uninterrupted one, and predict/evaluate must reproduce the run's own evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+    e["PYTHONUNBUFFERED"] = "1"
+    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
+    return e
+
+
+def launcher(kind: str) -> list[str]:
+    if kind == "deepspeed":
+        return [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_port())]
+    if kind == "torchrun":
+        return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_port())]
+    return [sys.executable]
+
+
+def _port() -> int:
+    from xmtc.distributed import free_port
+
+    return free_port()
+
+
+def train_cmd(out: Path, *overrides: str, kind: str = "deepspeed") -> list[str]:
+    return [*launcher(kind), "launch/train.py", "--config", "debug_xml_cnn",
+            "--train.output_dir", str(out), "--data.cache_dir", str(out.parent / "cache"), *overrides]
+
+
+def run_train(out: Path, *overrides: str, kind: str = "deepspeed") -> dict:
+    proc = subprocess.run(train_cmd(out, *overrides, kind=kind), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((out / "final_metrics.json").read_text())
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["train_loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def zero0(runs):
+    out = runs / "zero0"
+    return out, run_train(out, "--train.eval_every", "20")
+
+
+def test_loss_falls_and_metrics_are_written(zero0):
+    out, final = zero0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [20, 40]
+    first_loss = records[0]["train_loss"]
+    assert final["train_loss"] < first_loss
+    for key in ("P@1", "P@3", "P@5", "nDCG@1", "nDCG@3", "nDCG@5", "PSP@1", "PSP@3", "PSP@5",
+                "hamming_loss", "micro_precision", "micro_recall", "micro_f1", "samples_per_s", "epoch"):
+        assert key in final
+    assert final["num_docs"] == 200  # every test document counted exactly once across the 2 ranks
+    # 200 labels, ~3 per document: the most frequent label alone would score far lower.
+    assert final["P@1"] > 0.2
+    assert (out / "config.json").is_file() and (out / "checkpoints" / "latest").read_text().strip() == "step40"
+
+
+@pytest.mark.parametrize("stage, kind", [(1, "deepspeed"), (2, "torchrun"), (3, "deepspeed")])
+def test_zero_stages_agree(zero0, runs, stage, kind):
+    _, reference = zero0
+    final = run_train(runs / f"zero{stage}", "--deepspeed.zero_optimization.stage", str(stage), kind=kind)
+    assert final["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-4)
+    assert final["P@1"] == pytest.approx(reference["P@1"], abs=0.011)
+
+
+def test_signal_checkpoints_and_resume_is_exact(zero0, runs):
+    _, reference = zero0
+    out = runs / "stopped"
+    cmd = train_cmd(out, "--train.save_every", "5", "--train.eval_every", "20")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    import psutil
+
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step5").exists():
+        assert proc.poll() is None and time.time() < deadline, "training did not reach step 5"
+        time.sleep(0.2)
+    # Only the ranks: the launchers would die of SIGUSR1's default action (and `deepspeed` exits 0 then).
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        if "--local_rank=" in " ".join(child.cmdline()):
+            child.send_signal(signal.SIGUSR1)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 75, output[-3000:]
+    stopped_at = int((out / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
+    assert 5 <= stopped_at < 40
+    assert not (out / "final_metrics.json").exists()
+
+    final = run_train(out, "--train.save_every", "5", "--train.eval_every", "20", "--train.resume", "true")
+    assert final["step"] == 40
+    assert final["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-6)
+    assert final["P@1"] == reference["P@1"] and final["nDCG@5"] == pytest.approx(reference["nDCG@5"], rel=1e-6)
+
+
+def test_predict_and_evaluate_round_trip(zero0, runs, tmp_path):
+    out, final = zero0
+    cache = runs / "cache"
+    texts = tmp_path / "texts.txt"
+    from xmtc.config import load_config
+    from xmtc.data import load_corpus
+    from xmtc.data.synthetic import generate_synthetic
+
+    cfg = load_config(str(out / "config.json"))
+    test_split = generate_synthetic(cfg.synthetic).splits["test"]
+    test_texts = test_split.texts
+    corpus = load_corpus(cfg.data, cfg.synthetic)
+    assert corpus.cache_hit
+
+    evaluated = subprocess.run([sys.executable, "-m", "xmtc.evaluate", "--run", str(out), "--json", str(tmp_path / "m.json")],
+                               cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    for key in ("P@1", "P@5", "nDCG@3", "PSP@5", "micro_f1", "hamming_loss"):
+        assert metrics[key] == pytest.approx(final[key], abs=1e-6), key
+    assert "P@1" in evaluated.stdout
+
+    # The same run scored on files of the user's: the first 50 test documents as texts + labels files.
+    (tmp_path / "t.txt").write_text("\n".join(test_texts[:50]) + "\n")
+    (tmp_path / "l.txt").write_text("\n".join(" ".join(x) for x in test_split.labels[:50]) + "\n")
+    on_files = subprocess.run([sys.executable, "-m", "xmtc.evaluate", "--run", str(out), "--texts", str(tmp_path / "t.txt"),
+                               "--labels", str(tmp_path / "l.txt"), "--json", str(tmp_path / "f.json")],
+                              cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert on_files.returncode == 0, on_files.stderr
+    assert json.loads((tmp_path / "f.json").read_text())["num_docs"] == 50
+
+    texts.write_text("\n".join(test_texts[:5]) + "\n")
+    predicted = subprocess.run([sys.executable, "-m", "xmtc.predict", "--run", str(out), "--texts", str(texts), "--k", "3"],
+                               cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert predicted.returncode == 0, predicted.stderr
+    lines = predicted.stdout.splitlines()
+    assert len(lines) == 5
+    label_names = set((out / "labels.txt").read_text().split())
+    for line in lines:
+        pairs = [p.rsplit(":", 1) for p in line.split()]
+        assert len(pairs) == 3 and all(name in label_names for name, _ in pairs)
+        scores = [float(s) for _, s in pairs]
+        assert scores == sorted(scores, reverse=True) and all(0.0 < s < 1.0 for s in scores)
+
+
+def test_user_errors_exit_2_with_one_sentence(tmp_path):
+    cases = [
+        (["--config", "no_such_config"], "config 'no_such_config' is neither a file nor a config"),
+        (["--config", "debug_xml_cnn", "--train.max_step", "3"], "config key 'train.max_step' is unknown"),
+        (["--config", "debug_xml_cnn", "--data.format", "xmtc_text", "--data.path", str(tmp_path / "nope")], str(tmp_path / "nope")),
+    ]
+    for args, message in cases:
+        proc = subprocess.run([sys.executable, "launch/train.py", *args, "--train.output_dir", str(tmp_path / "o")],
+                              cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]

@@ -1,0 +1,203 @@
+"""Re-shard a label-sharded checkpoint to another number of shards, or to one unsharded checkpoint.
+
+    python -m xmtc.parallel.reshard --run runs/xml_cnn_670k --to 1            # for xmtc.predict / evaluate
+    python -m xmtc.parallel.reshard --run runs/xml_cnn_670k --to 4 --set-latest   # resume with label_shards 4
+
+A sharded tag holds DeepSpeed's `mp_rank_{s:02d}_model_states.pt` per shard s (label rows
+[start_s, stop_s) of the output layer, the replicated encoder in each) and `label_shards.json`.
+The tool writes a new tag (default `<tag>-shards<N>`) into a temporary folder and renames it into
+place, so the source checkpoint is never touched and a half-written tag never exists. Adam state
+is re-sharded too when the source was ZeRO-0 with a torch optimizer; from ZeRO-1/2 sources (whose
+optimizer state is flat and partitioned by DeepSpeed) only the weights are carried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from xmtc.config import ConfigError, UserError
+from xmtc.parallel.groups import label_range
+
+SHARDS_FILE = "label_shards.json"
+
+
+def model_file(tag_dir: Path, shard: int) -> Path:
+    return Path(tag_dir) / f"mp_rank_{shard:02d}_model_states.pt"
+
+
+def read_layout(tag_dir: Path) -> dict:
+    """The tag's label_shards.json, or {"num_shards": 1} for an unsharded tag."""
+    tag_dir = Path(tag_dir)
+    path = tag_dir / SHARDS_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    if model_file(tag_dir, 1).is_file():
+        # Files written but not yet described (a save interrupted between the two): infer the layout.
+        shards = sum(1 for _ in tag_dir.glob("mp_rank_*_model_states.pt"))
+        return {"num_shards": shards, "sharded": ["output.weight", "output.bias"], "inferred": True}
+    return {"num_shards": 1}
+
+
+def _load(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"checkpoint file {path} is missing; the tag is incomplete")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_shard_states(tag_dir: Path) -> tuple[dict, list[dict]]:
+    """(layout, the DeepSpeed model-states dict of every shard in shard order)."""
+    layout = read_layout(tag_dir)
+    return layout, [_load(model_file(tag_dir, s)) for s in range(layout["num_shards"])]
+
+
+def merge_module_states(layout: dict, modules: list[dict]) -> dict[str, torch.Tensor]:
+    """Full state dict: sharded entries concatenated along labels, the rest from shard 0."""
+    sharded = set(layout.get("sharded", ()))
+    out = {}
+    for name, value in modules[0].items():
+        out[name] = torch.cat([m[name] for m in modules]) if name in sharded else value
+    num_labels = layout.get("num_labels")
+    for name in sharded:
+        if num_labels is not None and out[name].shape[0] != num_labels:
+            raise UserError(f"re-assembled {name} has {out[name].shape[0]} labels but {SHARDS_FILE} says {num_labels}")
+    return out
+
+
+def load_unsharded_state(tag_dir: str | Path) -> dict[str, torch.Tensor]:
+    """Full fp32 state dict of the model in a (label-sharded) tag: what xmtc.checkpoint loads."""
+    layout, states = load_shard_states(Path(tag_dir))
+    return {k: v.float() for k, v in merge_module_states(layout, [s["module"] for s in states]).items()}
+
+
+def split_rows(full: torch.Tensor, num_shards: int) -> list[torch.Tensor]:
+    return [full[slice(*label_range(full.shape[0], num_shards, s))].clone() for s in range(num_shards)]
+
+
+def reshard_optimizer(layout: dict, optimizers: list[dict], num_shards: int) -> list[dict] | None:
+    """Torch optimizer state dicts of N shards from those of the source shards, or None if not possible."""
+    names = layout.get("optimizer_params")
+    if not names or any(not isinstance(o, dict) or "state" not in o for o in optimizers):
+        return None
+    sharded = set(layout.get("sharded", ()))
+    index_names = [n for group in names for n in group]
+    out = [{"state": {}, "param_groups": optimizers[0]["param_groups"]} for _ in range(num_shards)]
+    for idx, name in enumerate(index_names):
+        if idx not in optimizers[0]["state"]:
+            continue  # a parameter that has not stepped yet has no state
+        for key, value in optimizers[0]["state"][idx].items():
+            if name in sharded and torch.is_tensor(value) and value.dim() > 0:
+                parts = split_rows(torch.cat([o["state"][idx][key] for o in optimizers]), num_shards)
+            else:
+                parts = [value] * num_shards
+            for t in range(num_shards):
+                out[t]["state"].setdefault(idx, {})[key] = parts[t]
+    return out
+
+
+def reshard_tag(ckpt_dir: Path, tag: str, num_shards: int, new_tag: str | None = None, set_latest: bool = False) -> str:
+    """Write `tag` re-sharded to `num_shards` as a new tag; returns its name."""
+    src = ckpt_dir / tag
+    new_tag = new_tag or f"{tag}-shards{num_shards}"
+    dst = ckpt_dir / new_tag
+    if dst.exists():
+        raise UserError(f"{dst} already exists; pass another --new-tag or remove it")
+    layout, states = load_shard_states(src)
+    if layout.get("inferred"):
+        raise UserError(f"{src} lacks {SHARDS_FILE} (its save was interrupted); re-shard an earlier tag")
+    full = merge_module_states(layout, [s["module"] for s in states])
+    sharded = list(layout.get("sharded", ("output.weight", "output.bias")))
+    num_labels = full[sharded[0]].shape[0]
+    if not 1 <= num_shards <= num_labels:
+        raise UserError(f"--to {num_shards} must be between 1 and the {num_labels} labels")
+    pieces = {name: split_rows(full[name], num_shards) for name in sharded}
+    optimizers = reshard_optimizer(layout, [s.get("optimizer") for s in states], num_shards)
+    tmp = ckpt_dir / f".{new_tag}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for t in range(num_shards):
+            state = dict(states[0])
+            state["module"] = {k: (pieces[k][t] if k in pieces else v) for k, v in full.items()}
+            state["optimizer"] = None if optimizers is None else optimizers[t]
+            state["mp_world_size"] = num_shards
+            if state.get("param_shapes") is not None:
+                state["param_shapes"] = None  # ZeRO's flat-buffer shapes of the old shard; this tag has no ZeRO files
+            torch.save(state, model_file(tmp, t))
+        if num_shards > 1:
+            new_layout = {
+                "num_shards": num_shards, "num_labels": num_labels,
+                "label_ranges": [label_range(num_labels, num_shards, s) for s in range(num_shards)],
+                "sharded": sharded, "zero_stage": layout.get("zero_stage", 0),
+                "optimizer_params": layout.get("optimizer_params") if optimizers is not None else None,
+            }
+            (tmp / SHARDS_FILE).write_text(json.dumps(new_layout, indent=2) + "\n")
+        if optimizers is None:
+            (tmp / "WEIGHTS_ONLY").write_text(f"re-sharded from {tag} without optimizer state\n")
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if set_latest:
+        from xmtc.io import atomic_write_text
+
+        atomic_write_text(ckpt_dir / "latest", new_tag)
+    return new_tag
+
+
+def check_resume_layout(ckpt_dir: Path, num_shards: int) -> None:
+    """Before DeepSpeed reads the files: stop with one sentence if the latest tag has another layout."""
+    latest = Path(ckpt_dir) / "latest"
+    if not latest.is_file():
+        return
+    tag = latest.read_text().strip()
+    tag_dir = Path(ckpt_dir) / tag
+    if not tag_dir.is_dir():
+        return
+    saved = int(read_layout(tag_dir)["num_shards"])
+    run = Path(ckpt_dir).parent
+    if saved != num_shards:
+        raise ConfigError(
+            f"config key 'parallel.label_shards' is {num_shards} but checkpoint {tag_dir} was saved with {saved}; "
+            f"resume with --parallel.label_shards {saved}, or re-shard it first: "
+            f"python -m xmtc.parallel.reshard --run {run} --to {num_shards} --set-latest"
+        )
+    if (tag_dir / "WEIGHTS_ONLY").is_file():
+        raise ConfigError(
+            f"config key 'train.resume' is true but checkpoint {tag_dir} holds weights only (re-sharded from a "
+            "ZeRO-1/2 or bf16 run), so training cannot continue exactly; use it with xmtc.predict/xmtc.evaluate"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="the train.output_dir of a run")
+    p.add_argument("--tag", default=None, help="checkpoint tag (default: latest)")
+    p.add_argument("--to", type=int, required=True, help="shards of the new tag; 1 = unsharded")
+    p.add_argument("--new-tag", default=None, help="name of the new tag (default: <tag>-shards<N>)")
+    p.add_argument("--set-latest", action="store_true", help="point checkpoints/latest at the new tag (to resume from it)")
+    args = p.parse_args(argv)
+    try:
+        from xmtc.checkpoint import resolve_tag
+
+        ckpt_dir = Path(args.run) / "checkpoints"
+        if not ckpt_dir.is_dir():
+            raise UserError(f"{args.run} has no checkpoints/ folder; pass the train.output_dir of a run")
+        tag = resolve_tag(ckpt_dir, args.tag)
+        new_tag = reshard_tag(ckpt_dir, tag, args.to, args.new_tag, args.set_latest)
+        print(f"wrote {ckpt_dir / new_tag} ({args.to} shard{'s' if args.to > 1 else ''})"
+              + ("" if args.set_latest else f"; use it with --tag {new_tag}"))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
