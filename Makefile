@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# `python -m deepspeed.launcher.runner` is the `deepspeed` command, wherever pip put its script.
 # DeepSpeed JIT-builds a small shared-memory op on first use: keep the build between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export PYTHONUNBUFFERED := 1
@@ -17,7 +18,7 @@ install: $(VENV)/.installed
 # --system-site-packages keeps a CUDA machine's own torch; a machine without torch and without
 # nvidia-smi gets the CPU wheel torch==2.13.0, never the multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); $(PYTHON) -m venv --system-site-packages $(VENV); }
 	@if $(PY) -c "import torch" 2>/dev/null; then \
 		echo "keeping the installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then \
@@ -29,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/deepspeed --num_gpus $(NPROC) launch/train.py --config $(CONFIG) $(ARGS)
+	$(PY) -m deepspeed.launcher.runner --num_gpus $(NPROC) launch/train.py --config $(CONFIG) $(ARGS)
 
 test: install
 	$(PY) -m pytest -q $(ARGS)
@@ -38,7 +39,7 @@ bench: install
 	$(PY) -m pytest tests/benchmarks --benchmark-enable --benchmark-only -q $(ARGS)
 
 reuters: install
-	$(VENV)/bin/deepspeed --num_gpus 2 launch/train.py --config xml_cnn_reuters $(ARGS)
+	$(PY) -m deepspeed.launcher.runner --num_gpus 2 launch/train.py --config xml_cnn_reuters $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache runs

@@ -4,7 +4,7 @@
     python scripts/memory_table.py --records runs/memory_bench             # predicted vs measured
     python scripts/memory_table.py --compare OLD_DIR NEW_DIR [--tolerance 0.02]
 
---compare exits 1 when a measured peak grew by more than --tolerance (a fraction) in some record.
+--compare prints every phase peak that changed and exits 1 when one grew by more than --tolerance (a fraction).
 """
 
 from __future__ import annotations
@@ -57,17 +57,22 @@ def records_table(folder: str) -> str:
 
 
 def compare(old: str, new: str, tolerance: float) -> tuple[str, bool]:
+    """Per record and phase, the measured live tensor bytes before and after; growth past `tolerance` flags."""
     before, after = load_records(old), load_records(new)
     lines, regressed = [], False
     for name in sorted(set(before) | set(after)):
         if name not in before or name not in after:
             lines.append(f"{name}: only in {'the old' if name in before else 'the new'} records")
             continue
-        a, b = before[name]["measured"]["tracked_peak"], after[name]["measured"]["tracked_peak"]
-        change = (b - a) / a
-        flag = change > tolerance
-        regressed |= flag
-        lines.append(f"{name}: {a:,} -> {b:,} bytes ({change:+.2%})" + ("  REGRESSION" if flag else ""))
+        a, b = before[name]["measured"]["phase_peaks"], after[name]["measured"]["phase_peaks"]
+        for phase in sorted(set(a) & set(b)):
+            change = (b[phase] - a[phase]) / a[phase] if a[phase] else 0.0
+            flag = change > tolerance
+            regressed |= flag
+            if flag or b[phase] != a[phase]:
+                lines.append(f"{name} {phase}: {a[phase]:,} -> {b[phase]:,} bytes ({change:+.2%})" + ("  REGRESSION" if flag else ""))
+    lines.append(f"{len(set(before) & set(after))} records compared" + (", peaks grew" if regressed else ", no peak grew"
+                                                                       f" more than {tolerance:.0%}"))
     return "\n".join(lines), regressed
 
 

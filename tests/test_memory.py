@@ -52,8 +52,13 @@ def test_670k_table_matches_the_seed_budget(shape_670k):
     assert "762,747" in why and "88,048" in why and "670,699" in why
 
 
+SGM_PINNED = ["--synthetic.num_labels", "50", "--data.vocab_size", "3000", "--model.embed_dim", "32",
+              "--sgm.hidden_size", "32", "--sgm.encoder_layers", "1", "--sgm.decoder_layers", "1",
+              "--sgm.label_embed_dim", "32", "--sgm.attention", "bahdanau", "--sgm.global_embedding", "adaptive"]
+
+
 def test_sgm_table_by_hand():
-    shape = model_shape(load_config("debug_sgm"))
+    shape = model_shape(load_config("debug_sgm", SGM_PINNED))
     rows = {r.name: r for r in layer_rows(shape.model, "sgm")}
     # vocab 3000 x embed 32; BiLSTM 32 -> 32: per direction 4H(in + H) weights + 8H biases.
     assert rows["embedding"].total == 96_000
@@ -138,7 +143,7 @@ def test_fitting_search_returns_the_fewest_ranks(shape_670k):
 
 
 def test_cli_reports_what_does_not_fit(capsys):
-    status = main(["--config", "xml_cnn_670k", "--dtype", "bf16", "--max-memory-gb", "4"])
+    status = main(["--config", "xml_cnn_670k", "--dtype", "bf16", "--batch", "128", "--max-memory-gb", "4"])
     out = capsys.readouterr().out
     assert status == 1
     assert "DOES NOT FIT" in out

@@ -32,9 +32,10 @@ def env() -> dict:
 
 def launcher(kind: str) -> list[str]:
     if kind == "deepspeed":
-        return [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_port())]
+        # The module form of the `deepspeed` command: found whether deepspeed sits in a venv or the system.
+        return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(_port())]
     if kind == "torchrun":
-        return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_port())]
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_port())]
     return [sys.executable]
 
 

@@ -28,7 +28,7 @@ def env() -> dict:
 def train(out: Path, *overrides: str, processes: int = 2, config: str = "debug_sgm") -> dict:
     from xmtc.distributed import free_port
 
-    launcher = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())] if processes == 2 else [sys.executable]
+    launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port())] if processes == 2 else [sys.executable]
     cmd = [*launcher, "launch/train.py", "--config", config, "--train.output_dir", str(out),
            "--data.cache_dir", str(out.parent / "cache"), *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)

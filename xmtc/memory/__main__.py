@@ -140,8 +140,10 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
 
     rows = layer_rows(shape.model, cfg.model.name)
     name = os.path.basename(cfg.source)
-    out = [report.parameter_table(rows, f"{name}: {cfg.model.name}, {shape.num_labels:,} labels, parameters per layer "
-                                        "(meta device)"), "", report.layout_table(predictions)]
+    source = "" if measured or args.num_labels or cfg.data.format == "synthetic" else \
+        f" (synthetic.num_labels: give --num-labels for the {cfg.data.format} data)"
+    out = [report.parameter_table(rows, f"{name}: {cfg.model.name}, {shape.num_labels:,} labels{source}, parameters "
+                                        "per layer (meta device)"), "", report.layout_table(predictions)]
     estimates = report.estimator_table(predictions)
     if estimates:
         out += ["", estimates]

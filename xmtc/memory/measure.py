@@ -128,7 +128,7 @@ def measure(cfg, steps: int = 3, snapshot: str | os.PathLike | None = None,
     elif not _reset_peak_rss():
         rss_before = None  # peak RSS since process start would include the set-up: report none
     cuda_phase: dict[str, int] = {}
-    longest = 0
+    reserved = longest = 0
     engine.train()
     for _ in range(steps):
         for _ in range(cfg.grad_accum):
@@ -154,6 +154,7 @@ def measure(cfg, steps: int = 3, snapshot: str | os.PathLike | None = None,
                     if cuda:  # the allocator has no phase of its own for the reduction: it counts in backward
                         torch.cuda.synchronize()
                         cuda_phase[phase] = max(cuda_phase.get(phase, 0), torch.cuda.max_memory_allocated(info.device))
+                        reserved = max(reserved, torch.cuda.max_memory_reserved(info.device))
                 del loss
     for h in hooks:
         h.remove()
@@ -170,7 +171,7 @@ def measure(cfg, steps: int = 3, snapshot: str | os.PathLike | None = None,
     if cuda:
         result.cuda_phase_peaks = cuda_phase
         result.cuda_peak_allocated = max(cuda_phase.values())
-        result.cuda_peak_reserved = torch.cuda.max_memory_reserved(info.device)
+        result.cuda_peak_reserved = reserved
         if snapshot:
             path = Path(snapshot).with_suffix(f".rank{info.rank}.pickle") if info.world_size > 1 else Path(snapshot)
             torch.cuda.memory._dump_snapshot(str(path))

@@ -44,7 +44,8 @@ def parameter_table(rows: list[LayerRow], title: str) -> str:
     header = ["layer", "shapes", "weights", "biases", "total"] + (["seed formula", "seed"] if has_seed else [])
     body = []
     for r in rows:
-        line = [r.name, " ".join(r.shapes), f"{r.weights:,}", f"{r.biases:,}", f"{r.total:,}"]
+        shapes = " ".join(r.shapes[:4]) + (f" (+{len(r.shapes) - 4} more)" if len(r.shapes) > 4 else "")
+        line = [r.name, shapes, f"{r.weights:,}", f"{r.biases:,}", f"{r.total:,}"]
         if has_seed:
             line += [r.seed_formula, _millions(r.seed_count)]
         body.append(line)

@@ -18,9 +18,10 @@ zero/stage3.py, zero/partition_parameters.py) and checked against `LiveTensorTra
                  then casts each group's partition to fp32 and runs the optimizer on it.
   ZeRO 3         each parameter is split (ceil(n/D) elements per rank) into flat buffers, with
                  fp32 master, moments and gradient partitions beside them; parameters of at most
-                 `stage3_param_persistence_threshold` elements stay whole; a module's parameters
-                 (a leaf module's, with its children's) are gathered whole while it runs; the
-                 reduce bucket is allocated once and kept.
+                 `stage3_param_persistence_threshold` elements stay whole; gathered parameters stay
+                 whole from the forward through the reduction (max_reuse_distance), so up to
+                 `stage3_max_live_parameters` the whole model is gathered while they run (else the
+                 largest module, a leaf module with its children); the reduce bucket is kept.
 
 P is the parameter count of this rank's model (the output layer cut to ceil(L/K) rows under
 label sharding), D the data-parallel degree DeepSpeed sees (world size / label shards), b the
@@ -36,6 +37,8 @@ BUCKET_DEFAULT = 500_000_000
 """DeepSpeed's reduce_bucket_size and stage-0 all-reduce bucket (elements)."""
 PERSISTENCE_DEFAULT = 100_000
 """DeepSpeed's stage3_param_persistence_threshold (elements)."""
+LIVE_DEFAULT = 1_000_000_000
+"""DeepSpeed's stage3_max_live_parameters (elements)."""
 MOMENT_BYTES = {"adam": 8, "adamw": 8, "lamb": 8, "onebitadam": 8, "sgd": 4, "adagrad": 4}
 """Optimizer state per parameter, fp32 (exp_avg + exp_avg_sq for Adam)."""
 
@@ -205,21 +208,28 @@ def model_state_items(params: list[Param], *, stage: int, dtype: str, dp: int, d
     for p in params:
         if p.numel > threshold:
             modules[p.module] = modules.get(p.module, 0) + p.numel
-    gathered = max(modules.values(), default=0)
+    # Parameters stay gathered until `stage3_max_reuse_distance` (1e9) other elements were fetched:
+    # the forward's are kept for the backward, so up to `stage3_max_live_parameters` (1e9) the whole
+    # model is gathered while forward and backward run; past it, at least the largest module.
+    whole = sum(modules.values())
+    live = int(zero.get("stage3_max_live_parameters", LIVE_DEFAULT))
+    gathered, what = (whole, "every parameter gathered whole") if whole <= live else (max(modules.values()), "largest module gathered whole")
     add("weights", "weight partitions", b * part, "persistent", f"{b} ceil(n / D) per parameter")
     add("weights", "persistent small parameters (whole)", b * small, "persistent", f"{b} x params <= {threshold}")
     add("optimizer", "fp32 master partition", 4 * part, "persistent", "4 P / D")
     add("optimizer", "optimizer moments (partition)", moments * part, "persistent", f"{moments} P / D")
     add("grads", "gradient partitions", b * part, "persistent", f"{b} P / D")
     add("temporaries", "reduce bucket", b * bucket, "persistent", f"{b} reduce_bucket_size")
-    add("weights", "largest module gathered whole", b * gathered, "forward backward", f"{b} x largest module")
+    if dp > 1:  # on one rank a partition is the whole parameter: nothing is gathered
+        add("weights", what, b * gathered, "forward backward reduce", f"{b} x params > {threshold} (up to max_live_parameters)")
     add("grads", "gradient in flight (the output layer's)", b * first, "backward:early", f"{b} L_k (H + 1)")
     add("grads", "gradient in flight (largest parameter)", b * largest, "backward:late", f"{b} max n")
     add("temporaries", "reduce-scatter input and its split", 2 * b * min(P, bucket), "reduce", f"2 x {b} min(P, bucket)")
     add("temporaries", "fp64 copy of the largest gradient partition (norm)", 8 * max(math.ceil(p.numel / dp) for p in params),
         "step:norm", "8 ceil(max n / D)")
-    add("temporaries", "fp32 gradient partition", 4 * part, "step:update", "4 P / D")
-    scratch, formula = adam_scratch([[sum(math.ceil(p.numel / dp) for p in g)] for g in groups], device)
+    group_parts = [sum(math.ceil(p.numel / dp) for p in g) for g in groups]  # stepped one group at a time
+    add("temporaries", "fp32 gradient partition", 4 * max(group_parts), "step:update", "4 P_g / D")
+    scratch, formula = adam_scratch([[n] for n in group_parts], device)
     add("temporaries", "optimizer step scratch", scratch, "step:update", formula)
     return items
 

@@ -101,10 +101,6 @@ class LiveTensorTracker(TorchDispatchMode):
             out[self.known.get(serial, self.origin[serial])] += nbytes
         return out
 
-    def reset_peaks(self) -> None:
-        self.purge()
-        self.peaks, self._peak_live = {}, {}
-
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.purge()
