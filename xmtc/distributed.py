@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -37,8 +38,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def map_launcher_env(local_rank_arg: int | None = None) -> None:
-    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from whatever launched us."""
+def map_launcher_env(local_rank_arg: int | None = None) -> bool:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from whatever launched us; True for a lone process."""
     env = os.environ
     if "RANK" not in env and "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         env["RANK"] = env["SLURM_PROCID"]
@@ -52,6 +53,8 @@ def map_launcher_env(local_rank_arg: int | None = None) -> None:
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         env.setdefault("MASTER_ADDR", "127.0.0.1")
         env.setdefault("MASTER_PORT", str(free_port()))
+        return True
+    return False
 
 
 def resolve_device(requested: str, local_rank: int) -> torch.device:
@@ -80,7 +83,7 @@ def setup(parallel: ParallelConfig, device: str = "auto", local_rank_arg: int | 
     """Initialise torch.distributed through DeepSpeed (gloo on CPU, NCCL on CUDA) and pick the device."""
     import deepspeed
 
-    map_launcher_env(local_rank_arg)
+    alone = map_launcher_env(local_rank_arg)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
     if dev.type == "cpu":
@@ -91,10 +94,15 @@ def setup(parallel: ParallelConfig, device: str = "auto", local_rank_arg: int | 
     if backend == "nccl" and dev.type != "cuda":
         raise ConfigError("config key 'parallel.dist_backend' is \"nccl\" but the device is the CPU; use \"gloo\" or \"auto\"")
     if not dist.is_initialized():
+        # A lone process rendezvous through a file: no port to race other jobs for.
+        init_method = f"file://{tempfile.mkdtemp(prefix='xmtc-rdzv-')}/store" if alone else None
         deepspeed.init_distributed(
             dist_backend=backend,
             auto_mpi_discovery=False,
             timeout=datetime.timedelta(minutes=parallel.timeout_minutes),
+            init_method=init_method,
+            rank=0 if alone else -1,
+            world_size=1 if alone else -1,
         )
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend)
 
