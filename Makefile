@@ -11,7 +11,7 @@ NPROC ?= 2
 CONFIG ?= xml_cnn_synthetic
 ARGS ?=
 
-.PHONY: install demo test bench reuters clean
+.PHONY: install demo test bench reuters acceptance clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,11 @@ bench: install
 
 reuters: install
 	$(PY) -m deepspeed.launcher.runner --num_gpus 2 launch/train.py --config xml_cnn_reuters $(ARGS)
+
+# The Reuters-21578 targets (issues 2 and 4): full trainings, 15-30 min each on 2 cores; results
+# land in runs/acceptance/*.json.
+acceptance: install
+	$(PY) -m pytest -q --acceptance tests/acceptance $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache runs

@@ -46,6 +46,7 @@ def test_overrides_are_typed_and_nested():
         ({"xml_cnn": {"filter_widths": [2, "4"]}}, "config key 'xml_cnn.filter_widths[1]' must be an integer"),
         ({"deepspeed": {"train_micro_batch_size_per_gpu": 0}}, "deepspeed.train_micro_batch_size_per_gpu' must be a positive integer"),
         ({"data": {"max_len": 4}, "xml_cnn": {"filter_widths": [2, 8]}}, "wider than the sequence it slides over (4)"),
+        ({"model": {"embed_init_std": 0}}, "config key 'model.embed_init_std' must be positive, got 0"),
     ],
 )
 def test_bad_configs_name_the_key(raw, message):

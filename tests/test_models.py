@@ -67,3 +67,19 @@ def test_fused_and_materialized_losses_agree():
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(fused.output.weight.grad, plain.output.weight.grad)
     torch.testing.assert_close(fused.embedding.weight.grad, plain.embedding.weight.grad)
+
+
+@pytest.mark.parametrize("name", ["debug_xml_cnn", "debug_sgm"])
+def test_embed_init_std_scales_the_word_vectors_and_keeps_padding_zero(name):
+    def embedding(*overrides):
+        cfg = load_config(name, ["--model.embed_dim", "64", *overrides])
+        torch.manual_seed(0)
+        m = build_model(cfg, 20, 2000)
+        return (m.embedding if hasattr(m, "embedding") else m.encoder.embedding).weight.detach()
+
+    default, small = embedding(), embedding("--model.embed_init_std", "0.1")
+    torch.manual_seed(0)
+    assert torch.equal(default, torch.nn.Embedding(2000, 64, padding_idx=0).weight.detach())  # 1.0 = torch's init
+    assert small[1:].std().item() == pytest.approx(0.1, rel=0.02)
+    assert default[1:].std().item() == pytest.approx(1.0, rel=0.02)
+    assert not small[0].any() and not default[0].any()

@@ -48,6 +48,9 @@ class ModelConfig:
     """Dropout before the output layer (XML-CNN) or on the decoder output (SGM)."""
     embed_dropout: float = 0.25
     """Dropout on the word embeddings."""
+    embed_init_std: float = 1.0
+    """Standard deviation of the normal initialisation of the word embeddings (1.0: torch's default).
+    Small values (0.1) let rarely seen words start near zero instead of as loud random features."""
     kernels: str = "auto"
     """Fused ops: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch" (rule a kernel out)."""
 
@@ -490,6 +493,8 @@ def _check_values(cfg: Config) -> None:
         )
     if not 0.0 <= cfg.model.dropout < 1.0 or not 0.0 <= cfg.model.embed_dropout < 1.0:
         raise ConfigError("config keys 'model.dropout' and 'model.embed_dropout' must be in [0, 1)")
+    if not cfg.model.embed_init_std > 0.0:
+        raise ConfigError(f"config key 'model.embed_init_std' must be positive, got {cfg.model.embed_init_std}")
     if not cfg.eval.ks or min(cfg.eval.ks) < 1:
         raise ConfigError(f"config key 'eval.ks' must be a non-empty list of positive k, got {cfg.eval.ks}")
     if cfg.train.max_steps < 0 or cfg.train.epochs <= 0:

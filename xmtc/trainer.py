@@ -158,6 +158,12 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
         )
     total_steps = cfg.train.max_steps or max(1, int(cfg.train.epochs * sampler.steps_per_epoch))
 
+    ds_config = plan.deepspeed_config(resolve_deepspeed_config(cfg, plan.data_world_size, dist_info.device.type))
+    leaf_types = getattr(model, "zero3_leaf_modules", None)
+    if leaf_types and ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+        # Modules that run a data-dependent number of sub-module calls per forward (SGM's decoder)
+        # are gathered whole, so ranks that decode different lengths stay in step.
+        deepspeed.utils.set_z3_leaf_modules(model, list(leaf_types))
     optimizer = None if "optimizer" in cfg.deepspeed else build_optimizer(cfg, model, plan)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps)) if optimizer else None
     engine, _, _, _ = deepspeed.initialize(
@@ -165,7 +171,7 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
         optimizer=optimizer,
         model_parameters=None if optimizer else plan.param_groups([{"params": list(model.parameters())}]),
         lr_scheduler=scheduler,
-        config=plan.deepspeed_config(resolve_deepspeed_config(cfg, plan.data_world_size, dist_info.device.type)),
+        config=ds_config,
         mpu=plan.mpu,
         dist_init_required=False,
     )

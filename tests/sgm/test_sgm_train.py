@@ -47,6 +47,16 @@ def test_debug_sgm_trains_on_two_processes_and_writes_set_metrics(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step60"
 
 
+def test_zero3_gathers_the_decoder_whole_and_matches_zero0(tmp_path):
+    """Ranks decode different numbers of steps; ZeRO-3 must gather the decoder as one leaf."""
+    runs = {stage: train(tmp_path / f"z{stage}", "--train.max_steps", "12", "--train.save_every", "0",
+                         "--deepspeed.zero_optimization.stage", str(stage))
+            for stage in (0, 3)}
+    assert runs[3]["step"] == runs[0]["step"] == 12
+    assert runs[3]["train_loss"] == pytest.approx(runs[0]["train_loss"], rel=1e-4)
+    assert runs[3]["micro_f1"] == pytest.approx(runs[0]["micro_f1"], abs=1e-6)
+
+
 def write_sgm_corpus(root: Path, seed: int = 0) -> dict[str, list[list[str]]]:
     """{train,valid,test}.src/.tgt as the SGM code ships them: tokenized words, space-separated labels."""
     rng = random.Random(seed)

@@ -33,6 +33,7 @@ from torch import nn
 
 from xmtc import ops
 from xmtc.config import Config, ConfigError
+from xmtc.models.common import init_embedding
 from xmtc.models.sgm_decoding import beam_search, greedy_decode
 from xmtc.ops_reference import emitted_mask
 
@@ -212,9 +213,11 @@ class Encoder(nn.Module):
     quadratic in the length (a full-size copy per time step), ~10x slower at 200 tokens.
     """
 
-    def __init__(self, vocab_size: int, embed_dim: int, hidden_size: int, layers: int, embed_dropout: float, dropout: float):
+    def __init__(self, vocab_size: int, embed_dim: int, hidden_size: int, layers: int, embed_dropout: float, dropout: float,
+                 embed_init_std: float = 1.0):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        init_embedding(self.embedding, embed_init_std)
         self.embed_dropout = nn.Dropout(embed_dropout)
         self.dropout = nn.Dropout(dropout)
         widths = [embed_dim] + [2 * hidden_size] * (layers - 1)
@@ -421,7 +424,7 @@ class SGM(nn.Module):
         s = cfg.sgm
         self.num_labels = num_labels
         self.encoder = Encoder(vocab_size, cfg.model.embed_dim, s.hidden_size, s.encoder_layers,
-                               cfg.model.embed_dropout, cfg.model.dropout)
+                               cfg.model.embed_dropout, cfg.model.dropout, cfg.model.embed_init_std)
         self.decoder = Decoder(cfg, num_labels, 2 * s.hidden_size)
 
     @property

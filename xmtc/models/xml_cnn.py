@@ -17,6 +17,7 @@ from torch import nn
 
 from xmtc import ops
 from xmtc.config import Config
+from xmtc.models.common import init_embedding
 from xmtc.models.output_layer import OutputLayer
 
 
@@ -26,6 +27,7 @@ class XMLCNN(nn.Module):
         m, x = cfg.model, cfg.xml_cnn
         self.seq_len, self.conv_over, self.chunks = cfg.data.max_len, x.conv_over, x.pooling_chunks
         self.embedding = nn.Embedding(vocab_size, m.embed_dim, padding_idx=0)
+        init_embedding(self.embedding, m.embed_init_std)
         in_channels = self.seq_len if x.conv_over == "embedding" else m.embed_dim
         self.convs = nn.ModuleList(nn.Conv1d(in_channels, x.num_filters, w) for w in x.filter_widths)
         pooled = x.num_filters * x.pooling_chunks * len(x.filter_widths)
