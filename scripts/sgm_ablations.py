@@ -6,7 +6,8 @@
 Each variant is the base config plus the overrides below. A variant whose run already wrote
 final_metrics.json is not trained again (delete its folder to redo it), so an interrupted sweep
 continues where it stopped. Writes results.json, results.md (the table) and results.png (micro-F1
-and hamming loss per variant) into --out, each atomically.
+and hamming loss per variant) into --out, each atomically. "train time" is the launcher's wall time (start-up and tokenizing included) for
+variants trained by this script, else the trainer's own `train_time_s`.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def table(rows: list[dict]) -> str:
     lines = ["| variant | micro-F1 | micro-P | micro-R | hamming loss | P@1 | train time |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         m = r["metrics"]
-        t = f"{m['train_seconds']:.0f} s" if "train_seconds" in m else "-"
+        seconds = m.get("train_seconds", m.get("train_time_s"))
+        t = f"{seconds:.0f} s" if seconds is not None else "-"
         lines.append(f"| {r['label']} | {m['micro_f1']:.3f} | {m['micro_precision']:.3f} | {m['micro_recall']:.3f} | "
                      f"{m['hamming_loss']:.4f} | {m['P@1']:.3f} | {t} |")
     return "\n".join(lines) + "\n"
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         label, overrides = VARIANTS[name]
         metrics = train(name, out, args.config, [*overrides, *extra], args.processes)
         rows.append({"name": name, "label": label, "overrides": overrides + extra,
-                     "metrics": {k: metrics[k] for k in (*KEYS, "train_seconds") if k in metrics}})
+                     "metrics": {k: metrics[k] for k in (*KEYS, "train_seconds", "train_time_s") if k in metrics}})
     from xmtc.io import atomic_write_text
 
     atomic_write_text(out / "results.json", json.dumps({"config": args.config, "variants": rows}, indent=2) + "\n")

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import resource
 import signal
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ import torch
 from xmtc import ops
 from xmtc.config import Config, ConfigError
 from xmtc.data import TrainBatchSampler, collate, load_corpus
-from xmtc.distributed import DistInfo, all_reduce_max, all_reduce_sum, print0, setup
+from xmtc.distributed import all_reduce_max, all_reduce_sum, print0, setup
 from xmtc.evaluation import evaluate, move
 from xmtc.io import append_jsonl, atomic_write_json, atomic_write_text
 from xmtc.metrics import format_table
@@ -109,7 +107,9 @@ def memory_stats(device: torch.device) -> dict[str, float]:
             "peak_allocated_gb": torch.cuda.max_memory_allocated(device) / 2**30,
             "peak_reserved_gb": torch.cuda.max_memory_reserved(device) / 2**30,
         }
-    return {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    from xmtc.memory.rss import peak_rss_bytes
+
+    return {"peak_rss_gb": peak_rss_bytes() / 2**30}
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import platform
-import resource
 import socket
 import statistics
 import sys
@@ -75,7 +74,10 @@ def worker(rank: int, args: dict, out_dir: str) -> None:
     counts = torch.poisson(torch.full((batch,), per_doc)).long().clamp(min=1)
     idx = torch.randint(0, labels, (int(counts.sum()),), device=device)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]).to(device)
-    rss_before = resident_bytes()
+    from xmtc.memory.rss import peak_rss_bytes, reset_peak_rss, rss_bytes
+
+    reset_peak_rss()
+    rss_before = rss_bytes()
     times = []
     layer = build_layer(args["case"], hidden, labels, args["chunk"], groups).to(device, dtype)
     # fused: one kernel per tensor, no parameter-sized temporaries (DeepSpeed's FusedAdam on GPU behaves
@@ -101,9 +103,9 @@ def worker(rank: int, args: dict, out_dir: str) -> None:
         "step_s": statistics.median(times),
         # CPU: growth of peak RSS over the process before the layer existed (tensors this big are
         # mmapped, so RSS follows them); CUDA: the allocator's peak.
-        "peak_gb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before if device.type == "cpu"
+        "peak_gb": (peak_rss_bytes() - rss_before if device.type == "cpu"
                     else torch.cuda.max_memory_allocated(device)) / 2**30,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_rss_gb": peak_rss_bytes() / 2**30,
         "threads": torch.get_num_threads(),
     }
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
@@ -121,11 +123,6 @@ def matmul_limit(weight: torch.Tensor, features: torch.Tensor, repeats: int = 10
         torch.mm(z, weight)
     torch.cuda.synchronize()
     return 6 * features.shape[0] * weight.shape[0] * weight.shape[1] * repeats / (time.perf_counter() - t0) / 1e12
-
-
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def free_port() -> int:

@@ -305,15 +305,12 @@ class PeakTensorBytes(TorchDispatchMode):
         return out
 
 
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def memory_worker(dist_info, num_labels: int, batch: int, hidden: int, chunk: int, out_file: str):
     """Per rank and loss mode: the growth of peak RSS over the loss + backward (tensors this large
     are mmapped, so RSS follows them), and the largest single tensor allocated meanwhile."""
-    import resource
+    from xmtc.memory.rss import peak_rss_bytes, reset_peak_rss, rss_bytes
 
     from xmtc.parallel.groups import LabelShardGroups
     from xmtc.parallel.label_shards import LabelShardedOutputLayer
@@ -334,11 +331,12 @@ def memory_worker(dist_info, num_labels: int, batch: int, hidden: int, chunk: in
     for mode in ("fused", "materialized"):  # first calls pay one-time costs (GEMM workspaces, heap arenas)
         loss_and_backward(mode, 8 * chunk)()
     result = {}
-    for mode in ("fused", "materialized"):  # fused first: peak RSS only grows
+    for mode in ("fused", "materialized"):
         step = loss_and_backward(mode)
-        before = resident_bytes()
+        assert reset_peak_rss(), "cannot reset the peak RSS (/proc/self/clear_refs)"
+        before = rss_bytes()
         step()
-        result[mode] = {"peak_growth": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before}
+        result[mode] = {"peak_growth": peak_rss_bytes() - before}
     for mode in ("fused", "materialized"):  # the tracker's own bookkeeping stays out of the RSS above
         step = loss_and_backward(mode)
         with PeakTensorBytes() as tracker:

@@ -50,8 +50,10 @@ def test_sharded_fused_loss_holds_no_batch_by_labels(tmp_path):
         # The measurement is not blind: the materialized loss holds logits, targets and their gradient.
         assert materialized["peak_growth"] >= 2 * logits_bytes
         assert materialized["largest"] >= logits_bytes
-        # The fused path's peak RSS growth is not asserted: inside the full suite it once grew by 0.5 GB
-        # (cause not yet found, alone it stays under grads + a chunk); its largest allocation is exact.
+        # The fused path grows by the gradients, chunk temporaries and allocator slack: well under one
+        # logits tensor. (Measured with VmHWM: ru_maxrss would carry the pytest parent's peak into
+        # the spawned worker, which once read as 0.5 GB of "growth" inside the full suite.)
+        assert fused["peak_growth"] < grads + logits_bytes / 2, fused
         # The largest single allocation is the weight gradient, never a logits-sized tensor.
         assert fused["largest"] <= max(local * hidden * 4, 2 * group_batch * chunk * 4) < logits_bytes / 2
 

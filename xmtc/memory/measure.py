@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from xmtc.memory.rss import peak_rss_bytes, reset_peak_rss, rss_bytes
 from xmtc.memory.tracker import COMPONENTS, LiveTensorTracker, classify, watch_gradients
 
 PHASES = ("forward", "backward", "reduce", "step")
@@ -55,24 +56,6 @@ class Measurement:
         return asdict(self)
 
 
-def _proc_status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs); False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def measure(cfg, steps: int = 3, snapshot: str | os.PathLike | None = None,
             local_rank_arg: int | None = None) -> Measurement:
     """Run `steps` training steps of `cfg` on this process's rank; returns the worst rank's numbers."""
@@ -92,7 +75,7 @@ def measure(cfg, steps: int = 3, snapshot: str | os.PathLike | None = None,
     cfg.check_batch(info.world_size)
     corpus = load_corpus(cfg.data, cfg.synthetic, log=lambda _: None)
     cuda = info.device.type == "cuda"
-    rss_before = None if cuda else _proc_status("VmRSS")
+    rss_before = None if cuda else rss_bytes()
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, corpus.num_labels, corpus.vocab_size)
@@ -125,7 +108,7 @@ def measure(cfg, steps: int = 3, snapshot: str | os.PathLike | None = None,
         torch.cuda.reset_peak_memory_stats(info.device)
         if snapshot:
             torch.cuda.memory._record_memory_history(max_entries=200_000)
-    elif not _reset_peak_rss():
+    elif not reset_peak_rss():
         rss_before = None  # peak RSS since process start would include the set-up: report none
     cuda_phase: dict[str, int] = {}
     reserved = longest = 0
@@ -178,7 +161,7 @@ def measure(cfg, steps: int = 3, snapshot: str | os.PathLike | None = None,
             torch.cuda.memory._record_memory_history(enabled=None)
             result.snapshot = str(path)
     elif rss_before is not None:
-        result.rss_peak = _proc_status("VmHWM") - rss_before
+        result.rss_peak = peak_rss_bytes() - rss_before
     if info.world_size > 1:
         every: list = [None] * info.world_size
         dist.all_gather_object(every, result.to_dict())
