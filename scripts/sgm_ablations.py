@@ -65,7 +65,7 @@ def table(rows: list[dict]) -> str:
         seconds = m.get("train_seconds", m.get("train_time_s"))
         t = f"{seconds:.0f} s" if seconds is not None else "-"
         lines.append(f"| {r['label']} | {m['micro_f1']:.3f} | {m['micro_precision']:.3f} | {m['micro_recall']:.3f} | "
-                     f"{m['hamming_loss']:.4f} | {m['P@1']:.3f} | {t} |")
+                     f"{m['hamming_loss']:.5f} | {m['P@1']:.3f} | {t} |")
     return "\n".join(lines) + "\n"
 
 
