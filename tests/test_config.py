@@ -47,6 +47,9 @@ def test_overrides_are_typed_and_nested():
         ({"deepspeed": {"train_micro_batch_size_per_gpu": 0}}, "deepspeed.train_micro_batch_size_per_gpu' must be a positive integer"),
         ({"data": {"max_len": 4}, "xml_cnn": {"filter_widths": [2, 8]}}, "wider than the sequence it slides over (4)"),
         ({"model": {"embed_init_std": 0}}, "config key 'model.embed_init_std' must be positive, got 0"),
+        ({"data": {"valid_fraction": 1.0}}, "config key 'data.valid_fraction' must be in [0, 1), got 1.0"),
+        ({"train": {"select_metric": "f1"}}, "config key 'train.select_metric' is \"f1\"; allowed: \"\" (no selection) or one of P@1, P@3"),
+        ({"train": {"select_metric": "P@10"}, "eval": {"ks": [1, 5]}}, "config key 'train.select_metric' is \"P@10\""),
     ],
 )
 def test_bad_configs_name_the_key(raw, message):

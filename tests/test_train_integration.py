@@ -166,11 +166,56 @@ def test_predict_and_evaluate_round_trip(zero0, runs, tmp_path):
         assert scores == sorted(scores, reverse=True) and all(0.0 < s < 1.0 for s in scores)
 
 
+def evaluate_run(out: Path, tmp_path: Path, *args: str) -> dict:
+    target = tmp_path / f"eval{len(list(tmp_path.glob('eval*.json')))}.json"
+    proc = subprocess.run([sys.executable, "-m", "xmtc.evaluate", "--run", str(out), "--json", str(target), *args],
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(target.read_text())
+
+
+def test_model_selection_tests_the_best_validation_step(runs, tmp_path):
+    """ZeRO-3 on 2 ranks, a 20% hold-out, micro-F1 judged every 5 steps, stopped at 20 and resumed to 40."""
+    out = runs / "selected"
+    common = ("--deepspeed.zero_optimization.stage", "3", "--data.valid_fraction", "0.2", "--train.select_metric", "micro_f1",
+              "--train.eval_every", "5", "--train.lr", "0.03")
+    run_train(out, *common, "--train.max_steps", "20")
+    first_best = json.loads((out / "checkpoints" / "best.json").read_text())
+    final = run_train(out, *common, "--train.resume", "true")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if r["split"] == "valid" and r["step"] > 0]
+    # Steps 5..20 from the first run (20 twice: its end and the resumed run's start is not re-evaluated), 25..40 after.
+    assert sorted({r["step"] for r in valid}) == list(range(5, 45, 5))
+    assert all(r["num_docs"] == 320 for r in valid)  # 20% of the 1,600 training documents, each counted once
+    best_value = max(r["micro_f1"] for r in valid)
+    best_step = min(r["step"] for r in valid if r["micro_f1"] == best_value)
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
+    assert best["step"] == best_step and best["value"] == pytest.approx(best_value) and best["metric"] == "micro_f1"
+    assert best_value >= first_best["value"]
+    # This config (lr 0.03) peaks early and then degrades: selection picks a step before the last one.
+    assert best_step < 40
+    assert final["selected_step"] == best_step and final["valid_micro_f1"] == pytest.approx(best_value)
+    assert final["split"] == "test" and final["num_docs"] == 200
+    # Only the selected copy is kept; the end-of-run checkpoint stays `latest` for resuming.
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("best-step"))
+    assert kept == [best["tag"]] and (out / "checkpoints" / "latest").read_text().strip() == "step40"
+
+    # The run's test numbers are those of the selected weights: evaluate (default: the selection) agrees,
+    # and the last step's weights score differently.
+    selected = evaluate_run(out, tmp_path)
+    last = evaluate_run(out, tmp_path, "--tag", "step40")
+    for key in ("P@1", "nDCG@3", "micro_f1", "hamming_loss"):
+        assert selected[key] == pytest.approx(final[key], abs=1e-6), key
+    assert (last["micro_f1"], last["P@1"]) != (selected["micro_f1"], selected["P@1"])
+
+
 def test_user_errors_exit_2_with_one_sentence(tmp_path):
     cases = [
         (["--config", "no_such_config"], "config 'no_such_config' is neither a file nor a config"),
         (["--config", "debug_xml_cnn", "--train.max_step", "3"], "config key 'train.max_step' is unknown"),
         (["--config", "debug_xml_cnn", "--data.format", "xmtc_text", "--data.path", str(tmp_path / "nope")], str(tmp_path / "nope")),
+        (["--config", "debug_xml_cnn", "--train.select_metric", "micro_f1"],
+         "config key 'train.select_metric' is \"micro_f1\" but the corpus has no validation split; set data.valid_fraction"),
     ]
     for args, message in cases:
         proc = subprocess.run([sys.executable, "launch/train.py", *args, "--train.output_dir", str(tmp_path / "o")],

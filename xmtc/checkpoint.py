@@ -1,12 +1,14 @@
 """Reading DeepSpeed checkpoints back into plain modules (for predict, evaluate and re-sharding).
 
-A run's checkpoints live in `<output_dir>/checkpoints/<tag>/`, `latest` naming the newest tag.
+A run's checkpoints live in `<output_dir>/checkpoints/<tag>/`, `latest` naming the newest tag; a run
+with model selection (`train.select_metric`) also writes `best.json`, naming the selected tag.
 ZeRO 0-2 keep full weights in `mp_rank_00_model_states.pt`; ZeRO-3 keeps them partitioned, and
 DeepSpeed's own `zero_to_fp32` reassembles them.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -14,11 +16,34 @@ import torch
 from xmtc.config import Config, UserError, load_config
 
 
-def resolve_tag(ckpt_dir: Path, tag: str | None) -> str:
+BEST_FILE = "best.json"
+"""checkpoints/best.json: {"tag", "step", "metric", "value", "split"} of the selected checkpoint."""
+
+
+def read_best(ckpt_dir: Path) -> dict | None:
+    """The run's selected checkpoint (best.json), or None when the run selected none."""
+    path = Path(ckpt_dir) / BEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        best = json.loads(path.read_text())
+        str(best["tag"]), int(best["step"]), float(best["value"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is unreadable ({e}); pass --tag, or delete the file to use the latest checkpoint") from None
+    return best
+
+
+def resolve_tag(ckpt_dir: Path, tag: str | None, prefer_best: bool = False) -> str:
+    """`tag` if given; else the selected tag (best.json) when `prefer_best` and the run selected one; else `latest`."""
     if tag:
         if not (ckpt_dir / tag).is_dir():
             raise UserError(f"checkpoint tag '{tag}' does not exist in {ckpt_dir}")
         return tag
+    best = read_best(ckpt_dir) if prefer_best else None
+    if best is not None:
+        if not (ckpt_dir / best["tag"]).is_dir():
+            raise UserError(f"{ckpt_dir / BEST_FILE} names tag '{best['tag']}', which does not exist; pass --tag")
+        return best["tag"]
     latest = ckpt_dir / "latest"
     if not latest.is_file():
         raise UserError(f"{ckpt_dir} holds no checkpoint (no 'latest' file); train first or pass --tag")
@@ -26,7 +51,12 @@ def resolve_tag(ckpt_dir: Path, tag: str | None) -> str:
 
 
 def _zero_stage(tag_dir: Path) -> int:
-    states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    plain = tag_dir / "mp_rank_00_model_states.pt"
+    if not plain.is_file():
+        if (tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt").is_file():
+            return 3  # ZeRO-3 writes only per-rank partitions
+        raise UserError(f"{tag_dir} is not a DeepSpeed checkpoint (no mp_rank_00_model_states.pt); pass another --tag")
+    states = torch.load(plain, map_location="cpu", weights_only=False)
     return int(states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0))
 
 
@@ -48,7 +78,10 @@ def load_model_state(ckpt_dir: str | Path, tag: str | None = None) -> dict[str, 
 
 
 def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu"):
-    """(config, model with trained weights in eval mode, corpus) of a finished or running run."""
+    """(config, model with trained weights in eval mode, corpus) of a finished or running run.
+
+    Without `tag`: the selected checkpoint when the run selected one (best.json), else `latest`.
+    """
     from xmtc.data import load_corpus
     from xmtc.models import build_model
 
@@ -58,5 +91,6 @@ def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu"):
     cfg: Config = load_config(str(run_dir / "config.json"))
     corpus = load_corpus(cfg.data, cfg.synthetic)
     model = build_model(cfg, corpus.num_labels, corpus.vocab_size)
-    model.load_state_dict(load_model_state(run_dir / "checkpoints", tag))
+    ckpt_dir = run_dir / "checkpoints"
+    model.load_state_dict(load_model_state(ckpt_dir, resolve_tag(ckpt_dir, tag, prefer_best=True)))
     return cfg, model.to(device).eval(), corpus

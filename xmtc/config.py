@@ -139,6 +139,11 @@ class DataConfig:
     """Empty or undecodable documents: "error" (stop, naming file and line) or "skip" (skip and count them)."""
     unseen_labels: str = "drop"
     """Test labels never seen in training: "drop" (removed and counted) or "error"."""
+    valid_fraction: float = 0.0
+    """Fraction of the training documents held out as the validation split (a seeded draw), for corpora
+    without a validation split of their own (an "sgm" corpus with valid.src/.tgt keeps its own); 0 = none."""
+    valid_seed: int = 0
+    """Seed of that draw: the same seed and fraction hold out the same documents in every run."""
 
 
 @dataclass
@@ -192,7 +197,11 @@ class TrainConfig:
     log_every: int = 10
     """Steps between log lines (loss, samples/s, memory)."""
     eval_every: int = 0
-    """Steps between evaluations; 0 = only at the end."""
+    """Steps between evaluations (on the validation split when there is one, else on the test split); 0 = only at the end."""
+    select_metric: str = ""
+    """Model selection: a metric name as in metrics.jsonl ("micro_f1", "P@1", "hamming_loss", ...) judged on
+    the validation split at every evaluation; the best step's weights (tag best-step<N>, pointed to by
+    checkpoints/best.json) are the ones tested at the end and used by xmtc.evaluate/predict. "" = the last step."""
     save_every: int = 0
     """Steps between checkpoints; 0 = only at the end."""
     resume: bool = False
@@ -467,6 +476,16 @@ def _merge(base: dict, update: dict) -> None:
             base[k] = v
 
 
+def metric_names(ks: list[int]) -> list[str]:
+    """The metric names an evaluation reports (see `xmtc.metrics.MetricSums.result`)."""
+    ranked = [f"{m}@{k}" for m in ("P", "nDCG", "PSP") for k in ks]
+    return ranked + ["hamming_loss", "micro_precision", "micro_recall", "micro_f1"]
+
+
+LOWER_IS_BETTER = frozenset({"hamming_loss"})
+"""Metrics that model selection minimizes; every other metric is maximized."""
+
+
 def _check_values(cfg: Config) -> None:
     positive = {
         "model.embed_dim": cfg.model.embed_dim,
@@ -497,6 +516,13 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"config key 'model.embed_init_std' must be positive, got {cfg.model.embed_init_std}")
     if not cfg.eval.ks or min(cfg.eval.ks) < 1:
         raise ConfigError(f"config key 'eval.ks' must be a non-empty list of positive k, got {cfg.eval.ks}")
+    if not 0.0 <= cfg.data.valid_fraction < 1.0:
+        raise ConfigError(f"config key 'data.valid_fraction' must be in [0, 1), got {cfg.data.valid_fraction}")
+    if cfg.train.select_metric and cfg.train.select_metric not in metric_names(cfg.eval.ks):
+        raise ConfigError(
+            f"config key 'train.select_metric' is \"{cfg.train.select_metric}\"; allowed: \"\" (no selection) or one of "
+            + ", ".join(metric_names(cfg.eval.ks))
+        )
     if cfg.train.max_steps < 0 or cfg.train.epochs <= 0:
         raise ConfigError("config keys 'train.max_steps' (>= 0) and 'train.epochs' (> 0) are out of range")
 

@@ -17,7 +17,7 @@ from xmtc.config import UserError
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="the train.output_dir of a run")
-    p.add_argument("--tag", default=None, help="checkpoint tag (default: latest)")
+    p.add_argument("--tag", default=None, help="checkpoint tag (default: the selected one, checkpoints/best.json, if the run selected one, else latest)")
     p.add_argument("--texts", default=None, help="texts file (default: the run's test split)")
     p.add_argument("--labels", default=None, help="labels file matching --texts")
     p.add_argument("--json", default=None, help="also write the metrics here")
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("pass --texts and --labels together (or neither, for the run's test split)")
         cfg, model, corpus = load_run(args.run, args.tag)
         split = corpus.test if args.texts is None else encode_labeled_files(corpus, args.texts, args.labels, cfg.data)[0]
-        metrics = evaluate(model, split, cfg, 0, 1, torch.device("cpu"), corpus.label_counts, len(corpus.train))
+        metrics = evaluate(model, split, cfg, 0, 1, torch.device("cpu"), corpus.label_counts, corpus.label_counts_docs)
         print(format_table(metrics, title=f"{args.run} ({len(split)} documents)"))
         if args.json:
             atomic_write_json(args.json, metrics)

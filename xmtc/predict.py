@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="the train.output_dir of a run")
     p.add_argument("--texts", required=True, help="one document per line")
     p.add_argument("--k", type=int, default=5)
-    p.add_argument("--tag", default=None, help="checkpoint tag (default: latest)")
+    p.add_argument("--tag", default=None, help="checkpoint tag (default: the selected one, checkpoints/best.json, if the run selected one, else latest)")
     p.add_argument("--out", default="-", help="output file (default: stdout)")
     args = p.parse_args(argv)
     try:

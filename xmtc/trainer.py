@@ -2,9 +2,13 @@
 
 Everything a run writes goes to `train.output_dir`:
   config.json           the resolved config (after overrides)
-  checkpoints/          DeepSpeed checkpoints, tag `step<N>`, and the `latest` file
-  metrics.jsonl         one JSON object per evaluation (step, epoch, samples_per_s, train_loss, metrics)
-  final_metrics.json    the last evaluation plus train_loss, step and timings
+  checkpoints/          DeepSpeed checkpoints, tag `step<N>`, and the `latest` file; with model
+                        selection also tag `best-step<N>` and `best.json` naming the selected tag
+  metrics.jsonl         one JSON object per evaluation (split, step, epoch, samples_per_s, train_loss,
+                        metrics); "split" is "valid" when the corpus has a validation split (periodic
+                        evaluations then use it), else "test"
+  final_metrics.json    the test evaluation at the end (of the selected step's weights when
+                        `train.select_metric` is set) plus train_loss, step, timings and the selection
   labels.txt            label names in id order (most frequent first)
 
 A run stopped by SIGUSR1/SIGTERM checkpoints at the next step boundary and exits with code 75
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -22,7 +27,8 @@ from pathlib import Path
 import torch
 
 from xmtc import ops
-from xmtc.config import Config, ConfigError
+from xmtc.checkpoint import BEST_FILE, read_best
+from xmtc.config import LOWER_IS_BETTER, Config, ConfigError
 from xmtc.data import TrainBatchSampler, collate, load_corpus
 from xmtc.distributed import all_reduce_max, all_reduce_sum, print0, setup
 from xmtc.evaluation import evaluate, move
@@ -137,8 +143,14 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     if dist_info.is_main:
         atomic_write_text(out / "labels.txt", "\n".join(corpus.label_names) + "\n")
         print0(
-            f"data: {len(corpus.train)} train / {len(corpus.test)} test documents, {corpus.num_labels} labels, "
-            f"vocabulary {corpus.vocab_size}; {corpus.stats}"
+            f"data: {len(corpus.train)} train / {len(corpus.valid) if corpus.valid is not None else 0} valid / "
+            f"{len(corpus.test)} test documents, {corpus.num_labels} labels, vocabulary {corpus.vocab_size}; {corpus.stats}"
+        )
+    select = cfg.train.select_metric
+    if select and corpus.valid is None:
+        raise ConfigError(
+            f"config key 'train.select_metric' is \"{select}\" but the corpus has no validation split; set "
+            "data.valid_fraction (e.g. 0.1) or give the sgm corpus valid.src/valid.tgt"
         )
 
     torch.manual_seed(cfg.train.seed)  # identical initial parameters on every rank
@@ -177,16 +189,39 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     )
 
     step, last_loss = 0, float("nan")
+    best: dict | None = None  # the selected checkpoint so far (best.json's content)
     if cfg.train.resume and (ckpt_dir / "latest").is_file():
         tag_loaded, client = engine.load_checkpoint(str(ckpt_dir))
         plan.load_checkpoint(engine, ckpt_dir, Path(tag_loaded).name)
         step = int(client["step"])
         last_loss = float(client.get("train_loss", float("nan")))
-        print0(f"resumed from {ckpt_dir} at step {step}")
+        best = read_best(ckpt_dir) if select else None
+        if best is not None and (best["metric"] != select or best["step"] > step):
+            best = None  # another metric, or a step this run has not reached (it will be met again)
+        print0(f"resumed from {ckpt_dir} at step {step}" + (f"; best {select} so far {best['value']:.4f} at step {best['step']}" if best else ""))
+    elif dist_info.is_main and (ckpt_dir / BEST_FILE).is_file():
+        # A fresh run into an old run directory: the old selection no longer describes these checkpoints.
+        (ckpt_dir / BEST_FILE).unlink()
 
-    def save(tag_step: int) -> None:
-        engine.save_checkpoint(str(ckpt_dir), tag=f"step{tag_step}", client_state={"step": tag_step, "train_loss": last_loss})
-        plan.save_checkpoint(engine, ckpt_dir, f"step{tag_step}")
+    def save(tag_step: int, tag: str | None = None, latest: bool = True) -> str:
+        tag = tag or f"step{tag_step}"
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": tag_step, "train_loss": last_loss}, save_latest=latest)
+        plan.save_checkpoint(engine, ckpt_dir, tag)
+        return tag
+
+    def consider(record: dict, saved_tag: str | None = None) -> None:
+        """Model selection: keep a checkpoint of this step if its validation `select` metric is the best so far."""
+        nonlocal best
+        value = float(record[select])
+        if best is not None and not (value < best["value"] if select in LOWER_IS_BETTER else value > best["value"]):
+            return
+        tag = saved_tag or save(step, f"best-step{step}", latest=False)
+        previous, best = best, {"tag": tag, "step": step, "metric": select, "value": value, "split": "valid"}
+        if dist_info.is_main:
+            # Pointer first, then the old copy: a crash in between leaves a valid best.json and a stray directory.
+            atomic_write_json(ckpt_dir / BEST_FILE, best)
+            if previous is not None and previous["tag"].startswith("best-step") and previous["tag"] != tag:
+                shutil.rmtree(ckpt_dir / previous["tag"], ignore_errors=True)
 
     stop = StopSignal()
     stop.install()
@@ -196,17 +231,19 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     t_window, steps_window = t_start, 0
     samples_per_s, trained_steps = 0.0, 0
 
-    def log_eval(split) -> dict:
-        metrics = evaluate(engine, split, cfg, plan.data_rank, plan.data_world_size, dist_info.device,
-                           corpus.label_counts, len(corpus.train))
-        record = {"step": step, "epoch": step / sampler.steps_per_epoch, "samples_per_s": samples_per_s,
-                  "train_loss": last_loss, **metrics}
+    def log_eval(split: str, **extra) -> dict:
+        dataset = corpus.valid if split == "valid" else corpus.test
+        metrics = evaluate(engine, dataset, cfg, plan.data_rank, plan.data_world_size, dist_info.device,
+                           corpus.label_counts, int(corpus.label_counts_docs))
+        record = {"split": split, "step": step, "epoch": step / sampler.steps_per_epoch, "samples_per_s": samples_per_s,
+                  "train_loss": last_loss, **metrics, **extra}
         if dist_info.is_main:
             append_jsonl(out / "metrics.jsonl", record)
             if engine.monitor is not None and engine.monitor.enabled:
                 engine.monitor.write_events([(f"Eval/{k}", v, step) for k, v in metrics.items()])
         return record
 
+    periodic_split = "valid" if corpus.valid is not None else "test"
     engine.train()
     while step < total_steps:
         epoch, in_epoch = divmod(step, sampler.steps_per_epoch)
@@ -236,8 +273,10 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
             if bar is not None:
                 bar.update(1)
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and not is_last:
-                record = log_eval(corpus.test)
-                print0(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("P@1", "nDCG@3", "micro_f1"))))
+                record = log_eval(periodic_split)
+                print0(f"step {step} ({periodic_split}): " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("P@1", "nDCG@3", "micro_f1"))))
+                if select:
+                    consider(record)
             if cfg.train.save_every and step % cfg.train.save_every == 0 and not is_last:
                 save(step)
             if stop.any_rank(dist_info.device):
@@ -253,8 +292,20 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
         bar.close()
     train_time = time.perf_counter() - t_start
 
-    save(step)
-    record = log_eval(corpus.test)
+    last_tag = save(step)
+    selection = {}
+    if corpus.valid is not None:
+        record = log_eval("valid")
+        if select:
+            consider(record, saved_tag=last_tag)
+            if best["step"] != step:
+                # Every rank loads the selected tag (collective under ZeRO-3 and label sharding).
+                engine.load_checkpoint(str(ckpt_dir), tag=best["tag"])
+                plan.load_checkpoint(engine, ckpt_dir, best["tag"])
+            selection = {"selected_step": best["step"], "selected_tag": best["tag"], "select_metric": select,
+                         f"valid_{select}": best["value"]}
+            print0(f"model selection: step {best['step']} of {step} ({best['tag']}), valid {select} {best['value']:.4f}")
+    record = log_eval("test", **selection)
     final = {**record, "train_time_s": train_time,
              "train_samples_per_s": trained_steps * samples_per_step / max(train_time, 1e-9),
              **memory_stats(dist_info.device)}

@@ -9,7 +9,7 @@ import pytest
 from data_helpers import load_after_barrier, write_lines, write_xmtc
 
 import xmtc.data.loader as loader
-from xmtc.config import DataError, SyntheticConfig
+from xmtc.config import ConfigError, DataError, SyntheticConfig
 from xmtc.data import encode_labeled_files, encode_texts, load_corpus, load_tokenizer
 
 
@@ -137,3 +137,32 @@ def test_encode_labeled_files_like_the_corpus(small_xmtc, make_cfg, tmp_path):
     assert dataset["input_ids"] == [[4, 2], [1]] and dataset["labels"] == [[2, 0], []]
     assert stats["eval_unseen_labels_dropped"] == 2 and stats["eval_docs_without_labels"] == 1
     assert stats["eval_skipped_empty"] == 1 and stats["eval_truncated"] == 1
+
+
+def test_valid_fraction_holds_out_a_seeded_part_of_train(small_xmtc, make_cfg):
+    whole = load(make_cfg, small_xmtc)
+    split = load(make_cfg, small_xmtc, valid_fraction=0.34)
+    again = load(make_cfg, small_xmtc, valid_fraction=0.34)
+    # One cache for both (the hold-out is drawn after loading), one label space and vocabulary.
+    assert split.cache_path == whole.cache_path and split.cache_hit
+    assert split.label_names == whole.label_names and split.vocab_size == whole.vocab_size
+    assert len(split.train) == 2 and len(split.valid) == 1 and whole.valid is None
+    rows = sorted(list(split.train["input_ids"]) + list(split.valid["input_ids"]))
+    assert rows == sorted(whole.train["input_ids"])  # a partition of train: nothing lost, nothing doubled
+    assert list(again.valid["input_ids"]) == list(split.valid["input_ids"])  # the same seed holds out the same documents
+    assert split.stats["valid_held_out_of_train"] == 1 and split.stats["train_docs"] == 2
+    # Propensities keep counting over the whole training file.
+    assert split.label_counts_docs == 3 and list(split.label_counts) == list(whole.label_counts)
+    assert list(split.test["input_ids"]) == list(whole.test["input_ids"])
+
+
+def test_validation_indices_are_a_seeded_partition():
+    kept, held = loader.validation_indices(1000, 0.1, seed=3)
+    assert len(held) == 100 and len(kept) == 900
+    assert sorted(set(kept) | set(held)) == list(range(1000)) and not set(kept) & set(held)
+    assert list(held) == sorted(held) and list(kept) == sorted(kept)
+    other_kept, other_held = loader.validation_indices(1000, 0.1, seed=4)
+    assert set(other_held) != set(held) and list(loader.validation_indices(1000, 0.1, seed=3)[1]) == list(held)
+    assert len(loader.validation_indices(5, 0.01, seed=0)[1]) == 1  # at least one document
+    with pytest.raises(ConfigError, match="would hold out all 2 training documents"):
+        loader.validation_indices(2, 0.9, seed=0)

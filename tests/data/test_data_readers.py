@@ -125,6 +125,9 @@ def test_sgm(tmp_path, make_cfg):
     assert corpus.tokenizer.words == sorted(words[:3]) + sorted(words[3:])
     assert corpus.valid["labels"] == [[1]] and corpus.stats["valid_unseen_labels_dropped"] == 1
     assert corpus.valid["input_ids"] == [[corpus.tokenizer.index["u.s."], 1]]
+    # The corpus's own validation split wins over a hold-out of train.
+    held = load_corpus(make_cfg(format="sgm", path=str(root), valid_fraction=0.5), SyntheticConfig())
+    assert len(held.train) == 3 and held.valid["labels"] == [[1]]
 
 
 def test_sgm_without_valid(tmp_path, make_cfg):

@@ -19,6 +19,9 @@ carries come last (count 0, in name order).
   {s}_truncated               documents longer than data.max_len tokens, truncated
   {s}_tokens                  tokens kept (after truncation)
   {s}_unk_tokens              of which unknown
+  valid_held_out_of_train     documents `data.valid_fraction` moved from train to valid (then
+                              train_docs/valid_docs count the split as used; the other train_* keys
+                              describe the whole training file)
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class Corpus:
     """`datasets.Dataset` with columns input_ids (int32 token ids, at most data.max_len, unpadded) and labels (int32 label ids, file order)."""
     test: Any
     valid: Any | None
-    """Only the "sgm" format has a validation split."""
+    """The "sgm" format's valid.src/.tgt, or the documents `data.valid_fraction` holds out of train; else None."""
     label_names: list[str]
     """Label id -> name; ids sorted by training frequency, most frequent first, ties by name."""
     label_counts: np.ndarray
@@ -73,6 +76,8 @@ class Corpus:
     cache_path: Path
     cache_hit: bool
     """True when this call read a cache built earlier (no reading or tokenizing happened)."""
+    label_counts_docs: int = 0
+    """Training documents `label_counts` were counted over (the whole training file, a hold-out included)."""
     pad_id: ClassVar[int] = tok.PAD_ID
     unk_id: ClassVar[int] = tok.UNK_ID
 
@@ -313,8 +318,36 @@ def open_corpus(directory: Path, cache_hit: bool) -> Corpus:
         train=parts["train"], test=parts["test"], valid=parts.get("valid"),
         label_names=meta["label_names"], label_counts=np.asarray(meta["label_counts"], dtype=np.int64),
         vocab_size=int(meta["vocab_size"]), tokenizer=tok.load_tokenizer(directory), stats=meta["stats"],
-        cache_path=directory, cache_hit=cache_hit,
+        cache_path=directory, cache_hit=cache_hit, label_counts_docs=len(parts["train"]),
     )
+
+
+def validation_indices(num_train: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) training row indices, both ascending: a seeded draw of round(fraction x n) rows (at least 1)."""
+    held = max(1, round(fraction * num_train))
+    if held >= num_train:
+        raise ConfigError(
+            f"config key 'data.valid_fraction' ({fraction}) would hold out all {num_train} training documents; lower it"
+        )
+    order = np.random.default_rng(seed).permutation(num_train)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def hold_out_validation(corpus: Corpus, data: DataConfig, log: Callable[[str], None]) -> None:
+    """Split `data.valid_fraction` of train into `corpus.valid`, in place (the cached corpus is untouched).
+
+    The tokenizer, the label vocabulary and `label_counts` (propensities) stay those of the whole
+    training file, so a run with and without a hold-out shares one cache and one label space.
+    """
+    if data.valid_fraction <= 0.0:
+        return
+    if corpus.valid is not None:
+        log(f"data: the corpus has its own validation split ({len(corpus.valid)} docs); data.valid_fraction is not used")
+        return
+    kept, held = validation_indices(len(corpus.train), data.valid_fraction, data.valid_seed)
+    full = corpus.train
+    corpus.train, corpus.valid = full.select(kept), full.select(held)
+    corpus.stats = {**corpus.stats, "train_docs": len(kept), "valid_docs": len(held), "valid_held_out_of_train": len(held)}
 
 
 def load_corpus(data: DataConfig, synth: SyntheticConfig, log: Callable[[str], None] | None = None) -> Corpus:
@@ -325,6 +358,7 @@ def load_corpus(data: DataConfig, synth: SyntheticConfig, log: Callable[[str], N
     with quiet_datasets():
         path, hit = build_once(data.cache_dir, cache_key(inputs), inputs, lambda tmp: build_corpus(tmp, read(), data))
         corpus = open_corpus(path, hit)
+    hold_out_validation(corpus, data, log or logger.info)
     st = corpus.stats
     problems = {k: v for k, v in st.items() if v and ("skipped" in k or "unseen" in k or "without" in k)}
     (log or logger.info)(
