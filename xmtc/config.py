@@ -51,6 +51,9 @@ class ModelConfig:
     embed_init_std: float = 1.0
     """Standard deviation of the normal initialisation of the word embeddings (1.0: torch's default).
     Small values (0.1) let rarely seen words start near zero instead of as loud random features."""
+    embed_init: str = "normal"
+    """Word-vector initialisation: "normal" (N(0, embed_init_std^2)) or "ppmi_svd" (vectors from the training
+    texts' own co-occurrences, see xmtc.models.word_vectors, scaled to standard deviation embed_init_std)."""
     kernels: str = "auto"
     """Fused ops: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch" (rule a kernel out)."""
 
@@ -254,6 +257,7 @@ SECTIONS: dict[str, type] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.name": ("xml_cnn", "sgm"),
     "model.kernels": ("auto", "triton", "torch"),
+    "model.embed_init": ("normal", "ppmi_svd"),
     "xml_cnn.conv_over": ("sequence", "embedding"),
     "xml_cnn.loss": ("fused", "materialized"),
     "sgm.attention": ("bahdanau", "luong"),

@@ -35,6 +35,8 @@ from xmtc.evaluation import evaluate, move
 from xmtc.io import append_jsonl, atomic_write_json, atomic_write_text
 from xmtc.metrics import format_table
 from xmtc.models import build_model
+from xmtc.models.common import load_word_vectors
+from xmtc.models.word_vectors import cached_ppmi_svd_vectors, scaled
 from xmtc.parallel import ParallelPlan, parallelize
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed on a signal, run again with train.resume
@@ -155,6 +157,11 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
 
     torch.manual_seed(cfg.train.seed)  # identical initial parameters on every rank
     model = build_model(cfg, corpus.num_labels, corpus.vocab_size)
+    if cfg.model.embed_init == "ppmi_svd":
+        started = time.perf_counter()
+        vectors = cached_ppmi_svd_vectors(corpus, cfg.model.embed_dim, cfg.data.cache_dir)
+        load_word_vectors(model, scaled(vectors, cfg.model.embed_init_std))
+        print0(f"word vectors: PPMI-SVD of the training texts, {vectors.shape[1]} dimensions ({time.perf_counter() - started:.1f}s)")
     plan = parallelize(model, cfg, dist_info)
     model = plan.model.to(dist_info.device)
     n_params = sum(p.numel() for p in model.parameters())
