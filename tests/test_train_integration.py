@@ -65,10 +65,21 @@ def runs(tmp_path_factory):
     return tmp_path_factory.mktemp("runs")
 
 
+def shm_workspaces() -> set[str]:
+    from xmtc.distributed import SHM_DIR, SHM_PREFIX
+
+    return {p.name for p in SHM_DIR.glob(f"{SHM_PREFIX}_*")} if SHM_DIR.is_dir() else set()
+
+
 @pytest.fixture(scope="module")
 def zero0(runs):
     out = runs / "zero0"
-    return out, run_train(out, "--train.eval_every", "20")
+    before = shm_workspaces()
+    final = run_train(out, "--train.eval_every", "20")
+    # DeepSpeed's CPU allreduce leaves a 69 MB /dev/shm file per rank unless the trainer unlinks it.
+    leaked = shm_workspaces() - before
+    assert not leaked, f"left in /dev/shm: {sorted(leaked)}"
+    return out, final
 
 
 def test_loss_falls_and_metrics_are_written(zero0):
