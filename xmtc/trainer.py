@@ -241,13 +241,13 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     def log_eval(split: str, **extra) -> dict:
         dataset = corpus.valid if split == "valid" else corpus.test
         metrics = evaluate(engine, dataset, cfg, plan.data_rank, plan.data_world_size, dist_info.device,
-                           corpus.label_counts, int(corpus.label_counts_docs))
+                           corpus.label_counts, corpus.label_counts_docs)
         record = {"split": split, "step": step, "epoch": step / sampler.steps_per_epoch, "samples_per_s": samples_per_s,
                   "train_loss": last_loss, **metrics, **extra}
         if dist_info.is_main:
             append_jsonl(out / "metrics.jsonl", record)
             if engine.monitor is not None and engine.monitor.enabled:
-                engine.monitor.write_events([(f"Eval/{k}", v, step) for k, v in metrics.items()])
+                engine.monitor.write_events([(f"Eval/{split}/{k}", v, step) for k, v in metrics.items()])
         return record
 
     periodic_split = "valid" if corpus.valid is not None else "test"

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from xmtc.data.cache import COMPLETE_MARKER, build_once, cache_key
-from xmtc.io import atomic_write_bytes
 
 PAIR_CHUNK = 4_000_000
 """Co-occurrence pairs counted per np.unique call: bounds the temporary arrays."""
@@ -116,16 +115,9 @@ def cached_ppmi_svd_vectors(corpus, dim: int, cache_dir: str | Path, window: int
 
     def build(tmp: Path) -> None:
         vectors = ppmi_svd_vectors(corpus.train["input_ids"], corpus.vocab_size, dim, window)
-        atomic_write_bytes(tmp / "vectors.npy", _npy_bytes(vectors))
+        np.save(tmp / "vectors.npy", vectors)  # tmp becomes visible only by build_once's rename
         (tmp / COMPLETE_MARKER).write_text(json.dumps({"shape": list(vectors.shape)}))
 
     path, _ = build_once(cache_dir, cache_key(inputs), inputs, build)
     return np.load(path / "vectors.npy")
 
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
