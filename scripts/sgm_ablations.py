@@ -2,6 +2,7 @@
 
     python scripts/sgm_ablations.py                                   # every variant, runs/sgm_ablations/
     python scripts/sgm_ablations.py --variants full no_mask --epochs 10 --out runs/sgm_ablations_10ep
+    python scripts/sgm_ablations.py --seed 1 --out runs/sgm_ablations_seed1    # the same sweep, another seed
 
 Each variant is the base config plus the overrides below. A variant whose run already wrote
 final_metrics.json is not trained again (delete its folder to redo it), so an interrupted sweep
@@ -99,11 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", default="runs/sgm_ablations")
     ap.add_argument("--epochs", type=float, default=None, help="override train.epochs for every variant")
+    ap.add_argument("--seed", type=int, default=None, help="override train.seed for every variant (a second seed: use another --out)")
     ap.add_argument("--processes", type=int, default=2)
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     extra = ["--train.epochs", str(args.epochs)] if args.epochs else []
+    extra += ["--train.seed", str(args.seed)] if args.seed is not None else []
     rows = []
     for name in args.variants:
         label, overrides = VARIANTS[name]

@@ -24,12 +24,13 @@ def test_ablation_sweep_trains_each_variant_once_and_writes_table_and_plot(tmp_p
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     script = load_script()
     out = tmp_path / "ablations"
-    assert script.main(["--config", "debug_sgm", "--variants", "full", "no_mask", "--out", str(out)]) == 0
+    assert script.main(["--config", "debug_sgm", "--variants", "full", "no_mask", "--out", str(out), "--seed", "3"]) == 0
     results = json.loads((out / "results.json").read_text())
     rows = {r["name"]: r for r in results["variants"]}
-    assert rows["no_mask"]["overrides"] == ["--sgm.mask", "false"]
+    assert rows["no_mask"]["overrides"] == ["--sgm.mask", "false", "--train.seed", "3"]
     assert json.loads((out / "no_mask" / "config.json").read_text())["sgm"]["mask"] is False
     assert json.loads((out / "full" / "config.json").read_text())["sgm"]["mask"] is True
+    assert {json.loads((out / v / "config.json").read_text())["train"]["seed"] for v in rows} == {3}
     for r in rows.values():
         m = r["metrics"]
         assert 0.0 < m["micro_f1"] <= 1.0 and 0.0 <= m["hamming_loss"] < 0.1 and m["train_seconds"] > 0
