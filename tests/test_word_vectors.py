@@ -127,3 +127,38 @@ def test_config_rejects_unknown_initialisation():
 
     with pytest.raises(ConfigError, match="config key 'model.embed_init' is \"glove\"; allowed: \"normal\", \"ppmi_svd\""):
         config_from_dict({"model": {"embed_init": "glove"}})
+
+
+def test_whole_texts_give_the_untruncated_training_documents_and_their_own_vectors(tmp_path):
+    from xmtc.data import load_corpus, whole_train_token_ids
+    from xmtc.data.loader import validation_indices
+    from xmtc.data.readers import read_xmtc_text
+
+    words = [f"w{i}" for i in range(12)]
+    rng = np.random.default_rng(3)
+    texts = [" ".join(rng.choice(words, size=rng.integers(4, 25))) for _ in range(40)]
+    for split, n in (("train", 30), ("test", 10)):
+        (tmp_path / f"{split}_texts.txt").write_text("\n".join(texts[:n] if split == "train" else texts[30:]) + "\n")
+        (tmp_path / f"{split}_labels.txt").write_text("\n".join("a b" if i % 2 else "a" for i in range(n)) + "\n")
+    cfg = config_from_dict({"data": {"format": "xmtc_text", "path": str(tmp_path), "cache_dir": str(tmp_path / "cache"),
+                                     "max_len": 6, "min_count": 1, "valid_fraction": 0.2},
+                            "xml_cnn": {"filter_widths": [1, 2]}})
+    corpus = load_corpus(cfg.data, cfg.synthetic)
+    whole = list(whole_train_token_ids(corpus, cfg.data, cfg.synthetic))
+    raw = read_xmtc_text(str(tmp_path), "error")["train"].texts
+    kept, _ = validation_indices(30, 0.2, cfg.data.valid_seed)
+    assert len(whole) == len(corpus.train) == 24
+    assert whole == [corpus.tokenizer.encode(raw[i]) for i in kept]
+    assert [w[:6] for w in whole] == corpus.train["input_ids"]  # the cache holds their first max_len tokens
+    assert max(map(len, whole)) > 6
+    truncated = cached_ppmi_svd_vectors(corpus, 4, tmp_path / "cache")
+    full = cached_ppmi_svd_vectors(corpus, 4, tmp_path / "cache", whole_docs=lambda: whole_train_token_ids(corpus, cfg.data, cfg.synthetic))
+    np.testing.assert_array_equal(full, ppmi_svd_vectors(whole, corpus.vocab_size, 4))
+    assert np.abs(full - truncated).max() > 1e-3  # two cache entries, not one
+
+
+def test_config_rejects_unknown_texts_for_the_vectors():
+    from xmtc.config import ConfigError
+
+    with pytest.raises(ConfigError, match="config key 'model.embed_init_texts' is \"all\"; allowed: \"whole\", \"truncated\""):
+        config_from_dict({"model": {"embed_init_texts": "all"}})

@@ -54,6 +54,9 @@ class ModelConfig:
     embed_init: str = "normal"
     """Word-vector initialisation: "normal" (N(0, embed_init_std^2)) or "ppmi_svd" (vectors from the training
     texts' own co-occurrences, see xmtc.models.word_vectors, scaled to standard deviation embed_init_std)."""
+    embed_init_texts: str = "whole"
+    """Which training tokens the "ppmi_svd" vectors count: "whole" documents (read and tokenized again once,
+    then cached) or "truncated", the first data.max_len tokens of each that the corpus keeps."""
     kernels: str = "auto"
     """Fused ops: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch" (rule a kernel out)."""
 
@@ -258,6 +261,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.name": ("xml_cnn", "sgm"),
     "model.kernels": ("auto", "triton", "torch"),
     "model.embed_init": ("normal", "ppmi_svd"),
+    "model.embed_init_texts": ("whole", "truncated"),
     "xml_cnn.conv_over": ("sequence", "embedding"),
     "xml_cnn.loss": ("fused", "materialized"),
     "sgm.attention": ("bahdanau", "luong"),

@@ -29,7 +29,7 @@ import torch
 from xmtc import ops
 from xmtc.checkpoint import BEST_FILE, read_best
 from xmtc.config import LOWER_IS_BETTER, Config, ConfigError
-from xmtc.data import TrainBatchSampler, collate, load_corpus
+from xmtc.data import TrainBatchSampler, collate, load_corpus, whole_train_token_ids
 from xmtc.distributed import all_reduce_max, all_reduce_sum, print0, setup
 from xmtc.evaluation import evaluate, move
 from xmtc.io import append_jsonl, atomic_write_json, atomic_write_text
@@ -159,9 +159,12 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     model = build_model(cfg, corpus.num_labels, corpus.vocab_size)
     if cfg.model.embed_init == "ppmi_svd":
         started = time.perf_counter()
-        vectors = cached_ppmi_svd_vectors(corpus, cfg.model.embed_dim, cfg.data.cache_dir)
+        whole = cfg.model.embed_init_texts == "whole"
+        vectors = cached_ppmi_svd_vectors(corpus, cfg.model.embed_dim, cfg.data.cache_dir,
+                                          whole_docs=(lambda: whole_train_token_ids(corpus, cfg.data, cfg.synthetic)) if whole else None)
         load_word_vectors(model, scaled(vectors, cfg.model.embed_init_std))
-        print0(f"word vectors: PPMI-SVD of the training texts, {vectors.shape[1]} dimensions ({time.perf_counter() - started:.1f}s)")
+        print0(f"word vectors: PPMI-SVD of the {cfg.model.embed_init_texts} training texts, {vectors.shape[1]} dimensions "
+               f"({time.perf_counter() - started:.1f}s)")
     plan = parallelize(model, cfg, dist_info)
     model = plan.model.to(dist_info.device)
     n_params = sum(p.numel() for p in model.parameters())

@@ -12,7 +12,7 @@ Prediction on a plain texts file: `texts, lines = read_texts(path, bad_lines)`, 
 """
 
 from xmtc.data.batching import TrainBatchSampler, collate, eval_range
-from xmtc.data.loader import Corpus, encode_labeled_files, encode_texts, load_corpus
+from xmtc.data.loader import Corpus, encode_labeled_files, encode_texts, load_corpus, whole_train_token_ids
 from xmtc.data.readers import read_texts
 from xmtc.data.synthetic import generate_synthetic
 from xmtc.data.tokenizer import load_tokenizer
@@ -26,6 +26,7 @@ __all__ = [
     "eval_range",
     "generate_synthetic",
     "load_corpus",
+    "whole_train_token_ids",
     "load_tokenizer",
     "read_texts",
 ]

@@ -350,6 +350,25 @@ def hold_out_validation(corpus: Corpus, data: DataConfig, log: Callable[[str], N
     corpus.stats = {**corpus.stats, "train_docs": len(kept), "valid_docs": len(held), "valid_held_out_of_train": len(held)}
 
 
+def whole_train_token_ids(corpus: Corpus, data: DataConfig, synth: SyntheticConfig) -> Iterator[list[int]]:
+    """The token ids of `corpus.train`'s documents without the data.max_len cut, in row order.
+
+    The cache keeps truncated documents only, so the training texts are read and tokenized again
+    (same reader, bad-line policy, tokenizer and hold-out as the corpus).
+    """
+    _, read = source_inputs(data, synth)
+    with quiet_datasets():
+        texts = read().splits["train"].texts
+    if corpus.stats.get("valid_held_out_of_train"):
+        kept, _ = validation_indices(len(texts), data.valid_fraction, data.valid_seed)
+        texts = [texts[i] for i in kept]
+    if len(texts) != len(corpus.train):
+        raise DataError(f"the training texts now give {len(texts)} documents but the corpus cache {corpus.cache_path} "
+                        f"holds {len(corpus.train)}; delete that directory to rebuild it")
+    for lo in range(0, len(texts), ENCODE_CHUNK):
+        yield from corpus.tokenizer.encode_batch(texts[lo : lo + ENCODE_CHUNK])
+
+
 def load_corpus(data: DataConfig, synth: SyntheticConfig, log: Callable[[str], None] | None = None) -> Corpus:
     """The corpus the config describes, from the cache when it was built before (see the module docstring)."""
     started = time.perf_counter()

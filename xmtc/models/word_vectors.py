@@ -14,7 +14,7 @@ standard deviation, as it does for random vectors.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -108,16 +108,22 @@ WINDOW = 5
 """Tokens on each side that count as context (Levy et al.'s and word2vec's usual 5)."""
 
 
-def cached_ppmi_svd_vectors(corpus, dim: int, cache_dir: str | Path, window: int = WINDOW) -> np.ndarray:
-    """`ppmi_svd_vectors` of `corpus.train`, built once per (corpus cache, training rows, dim, window)."""
+def cached_ppmi_svd_vectors(corpus, dim: int, cache_dir: str | Path, window: int = WINDOW,
+                            whole_docs: Callable[[], Iterable[Sequence[int]]] | None = None) -> np.ndarray:
+    """`ppmi_svd_vectors` of `corpus.train`, built once per (corpus cache, training rows, texts, dim, window).
+
+    `whole_docs` gives the training documents' untruncated token ids (`xmtc.data.whole_train_token_ids`);
+    without it the vectors count the truncated documents the corpus keeps.
+    """
     inputs = {"kind": "ppmi_svd", "corpus": str(Path(corpus.cache_path).name), "train_docs": len(corpus.train),
-              "train_fingerprint": getattr(corpus.train, "_fingerprint", ""), "dim": dim, "window": window}
+              "train_fingerprint": getattr(corpus.train, "_fingerprint", ""), "dim": dim, "window": window,
+              "texts": "whole" if whole_docs is not None else "truncated"}
 
     def build(tmp: Path) -> None:
-        vectors = ppmi_svd_vectors(corpus.train["input_ids"], corpus.vocab_size, dim, window)
+        docs = whole_docs() if whole_docs is not None else corpus.train["input_ids"]
+        vectors = ppmi_svd_vectors(docs, corpus.vocab_size, dim, window)
         np.save(tmp / "vectors.npy", vectors)  # tmp becomes visible only by build_once's rename
         (tmp / COMPLETE_MARKER).write_text(json.dumps({"shape": list(vectors.shape)}))
 
     path, _ = build_once(cache_dir, cache_key(inputs), inputs, build)
     return np.load(path / "vectors.npy")
-
