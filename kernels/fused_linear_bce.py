@@ -4,7 +4,7 @@ Reference: xmtc.ops_reference.linear_bce_reference (materialized logits); the CP
 xmtc.ops.LinearBCEChunkedFunction. The labels are walked in chunks; per chunk one kernel
 computes z = features @ W_chunk^T + b in [BLOCK_B x BLOCK_L] tiles (fp32 accumulation),
 builds y from the sparse positives in registers, and writes the loss partials and
-dz = sigmoid(z) - y for the chunk only. From dz: grad_weight[chunk] = dz^T @ features (cuBLAS),
+dz = sigmoid(z) - y (squared hinge: -2 s max(0, 1 - s z), s = 2y - 1) for the chunk only. From dz: grad_weight[chunk] = dz^T @ features (cuBLAS),
 grad_bias[chunk] = sum_b dz, and grad_features += dz @ W_chunk (split-K Triton GEMM with fp32
 partials, so the sum over all chunks stays in fp32). Nothing of size B x L ever exists; the
 backward only scales the saved gradients by grad_output.
@@ -44,7 +44,7 @@ def _prune_for_batch(configs, named_args, **kwargs):
 def _linear_bce_chunk_kernel(
     f_ptr, w_ptr, bias_ptr, label_start_ptr, pos_row_ptr, pos_label_ptr, dz_ptr, loss_ptr,
     B, H, chunk_start, chunk_stop, stride_f, stride_w, stride_dz,
-    HAS_BIAS: tl.constexpr, WRITE_DZ: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, WRITE_DZ: tl.constexpr, SQUARED_HINGE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     pid_l = tl.program_id(0)
@@ -75,12 +75,18 @@ def _linear_bce_chunk_kernel(
         c = tl.load(pos_label_ptr + k)
         y = tl.where((rows64[:, None] == r) & (cols64[None, :] == c), 1.0, y)
     ok = row_ok[:, None] & col_ok[None, :]
-    # BCE-with-logits, overflow-free: max(z, 0) - z*y + log(1 + exp(-|z|)).
-    loss = tl.maximum(z, 0.0) - z * y + tl.log(1.0 + tl.exp(-tl.abs(z)))
+    if SQUARED_HINGE:  # max(0, 1 - s z)^2 with s = 2y - 1; dz = -2 s max(0, 1 - s z)
+        sign = 2.0 * y - 1.0
+        margin = tl.maximum(1.0 - sign * z, 0.0)
+        loss = margin * margin
+        grad = -2.0 * sign * margin
+    else:  # BCE-with-logits, overflow-free: max(z, 0) - z*y + log(1 + exp(-|z|)); dz = sigmoid(z) - y
+        loss = tl.maximum(z, 0.0) - z * y + tl.log(1.0 + tl.exp(-tl.abs(z)))
+        grad = tl.sigmoid(z) - y
     slot = pid_b * tl.num_programs(0) + pid_l
     tl.store(loss_ptr + slot, tl.sum(tl.sum(tl.where(ok, loss, 0.0), axis=1), axis=0))
     if WRITE_DZ:
-        dz = tl.where(ok, tl.sigmoid(z) - y, 0.0)
+        dz = tl.where(ok, grad, 0.0)
         dst = dz_ptr + rows64[:, None] * stride_dz + (cols - chunk_start)[None, :]
         tl.store(dst, dz.to(dz_ptr.dtype.element_ty), mask=ok)
 
@@ -137,7 +143,7 @@ class LinearBCETritonFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, features, weight, bias, pos_label, pos_row, chunk_size):
+    def forward(ctx, features, weight, bias, pos_label, pos_row, chunk_size, criterion="bce"):
         features, weight = features.contiguous(), weight.contiguous()
         B, H = features.shape
         L = weight.shape[0]
@@ -164,7 +170,7 @@ class LinearBCETritonFunction(torch.autograd.Function):
                 features, weight, bias if with_bias else weight, label_start, pos_row, pos_label,
                 dz if write_dz else weight, loss_parts,
                 B, H, start, stop, features.stride(0), weight.stride(0), chunk,
-                HAS_BIAS=with_bias, WRITE_DZ=write_dz, PRECISION=precision,
+                HAS_BIAS=with_bias, WRITE_DZ=write_dz, SQUARED_HINGE=criterion == "squared_hinge", PRECISION=precision,
             )
             loss += loss_parts.sum()
             if not write_dz:
@@ -189,4 +195,4 @@ class LinearBCETritonFunction(torch.autograd.Function):
             raise RuntimeError("fused_linear_bce: backward ran twice; its gradients are consumed by the first.")
         grads = tuple(None if g is None else g.mul_(grad_output.to(g.dtype)) for g in ctx.grads)
         ctx.grads = None
-        return grads + (None, None, None)
+        return grads + (None, None, None, None)

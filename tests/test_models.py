@@ -52,11 +52,12 @@ def test_forward_shapes_loss_and_topk(conv_over):
     torch.testing.assert_close(scores, full.topk(5).values)
 
 
-def test_fused_and_materialized_losses_agree():
-    cfg = load_config("debug_xml_cnn", ["--model.dropout", "0", "--xml_cnn.loss_chunk_size", "7"])
+@pytest.mark.parametrize("criterion", ["bce", "squared_hinge"])
+def test_fused_and_materialized_losses_agree(criterion):
+    cfg = load_config("debug_xml_cnn", ["--model.dropout", "0", "--xml_cnn.loss_chunk_size", "7", "--xml_cnn.criterion", criterion])
     torch.manual_seed(0)
     fused = build_model(cfg, 50, 100)
-    cfg_m = load_config("debug_xml_cnn", ["--model.dropout", "0", "--xml_cnn.loss", "materialized"])
+    cfg_m = load_config("debug_xml_cnn", ["--model.dropout", "0", "--xml_cnn.loss", "materialized", "--xml_cnn.criterion", criterion])
     plain = build_model(cfg_m, 50, 100)
     plain.load_state_dict(fused.state_dict())
     ids = torch.randint(1, 100, (4, cfg.data.max_len))

@@ -78,6 +78,9 @@ class XMLCNNConfig:
     """Output-layer loss: "fused" (chunked linear + BCE, never materializes batch x L logits) or "materialized"."""
     loss_chunk_size: int = 8192
     """Labels per chunk in the fused loss and chunked top-k."""
+    criterion: str = "bce"
+    """Per-label loss: "bce" (binary cross-entropy with logits, the paper) or "squared_hinge"
+    (max(0, 1 - s z)^2, s = +1 for the document's labels and -1 for the others: an L2-SVM per label)."""
 
 
 @dataclass
@@ -264,6 +267,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.embed_init_texts": ("whole", "truncated"),
     "xml_cnn.conv_over": ("sequence", "embedding"),
     "xml_cnn.loss": ("fused", "materialized"),
+    "xml_cnn.criterion": ("bce", "squared_hinge"),
     "sgm.attention": ("bahdanau", "luong"),
     "sgm.global_embedding": ("adaptive", "fixed", "none"),
     "data.format": ("synthetic", "xmtc_text", "table", "hub", "sgm"),

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from kernels import interpreting
 from xmtc.ops_reference import (
+    CRITERIA,
     dynamic_max_pool_reference,
     masked_softmax_reference,
     masked_softmax_stats_reference,
@@ -223,14 +224,14 @@ def sparse_positives(target_idx, target_offsets, num_labels, label_offset=0):
 
 
 class LinearBCEChunkedFunction(torch.autograd.Function):
-    """Sum of BCE-with-logits over features @ weight.T + bias, walked in label chunks (torch).
+    """Sum of BCE-with-logits (or the squared hinge) over features @ weight.T + bias, walked in label chunks (torch).
 
     The forward computes the gradients chunk by chunk (the logits of one chunk are the only
     [B, *] temporary) and the backward only scales them by grad_output.
     """
 
     @staticmethod
-    def forward(ctx, features, weight, bias, pos_label, pos_row, chunk_size):
+    def forward(ctx, features, weight, bias, pos_label, pos_row, chunk_size, criterion="bce"):
         batch, num_labels = features.shape[0], weight.shape[0]
         acc = torch.promote_types(features.dtype, torch.float32)
         needs_grad = ctx.needs_input_grad[:3]
@@ -252,12 +253,23 @@ class LinearBCEChunkedFunction(torch.autograd.Function):
                 z = torch.addmm(bias[start:stop].to(acc), feats, w.t())
             rows = pos_row[bounds[i] : bounds[i + 1]]
             cols = pos_label[bounds[i] : bounds[i + 1]] - start
-            # BCE(z, y) = softplus(z) - y*z, and y is 1 exactly at the (deduplicated) positives.
-            loss += F.softplus(z).sum() - z[rows, cols].sum()
-            if not any(needs_grad):
-                continue
-            dz = z.sigmoid_()
-            dz.index_put_((rows, cols), minus_one, accumulate=True)
+            if criterion == "bce":
+                # BCE(z, y) = softplus(z) - y*z, and y is 1 exactly at the (deduplicated) positives.
+                loss += F.softplus(z).sum() - z[rows, cols].sum()
+                if not any(needs_grad):
+                    continue
+                dz = z.sigmoid_()
+                dz.index_put_((rows, cols), minus_one, accumulate=True)
+            else:
+                # Squared hinge: negatives cost max(0, 1 + z)^2, positives max(0, 1 - z)^2; dz = -2 s max(0, 1 - s z).
+                pos_margin = (1.0 - z[rows, cols]).clamp_min_(0.0)
+                margin = z.add_(1.0).clamp_min_(0.0)  # in place: the chunk's logits are not needed again
+                flat = margin.view(-1)
+                loss += torch.dot(flat, flat) - margin[rows, cols].square().sum() + pos_margin.square().sum()
+                if not any(needs_grad):
+                    continue
+                dz = margin.mul_(2.0)
+                dz.index_put_((rows, cols), -2.0 * pos_margin)
             if grad_features is not None:
                 grad_features.addmm_(dz, w)
             if grad_weight is not None and grad_weight.dtype == acc:
@@ -280,16 +292,17 @@ class LinearBCEChunkedFunction(torch.autograd.Function):
         # Scaling in place keeps the backward free of another [L, H] allocation.
         grads = tuple(None if g is None else g.mul_(grad_output.to(g.dtype)) for g in ctx.grads)
         ctx.grads = None
-        return grads + (None, None, None)
+        return grads + (None, None, None, None)
 
 
-def fused_linear_bce(features, weight, bias, target_idx, target_offsets, label_offset=0, chunk_size=8192):
+def fused_linear_bce(features, weight, bias, target_idx, target_offsets, label_offset=0, chunk_size=8192, criterion="bce"):
     """SUM over B x L_local of BCE-with-logits(features @ weight.T + bias, y), never holding B x L.
 
     features [B, H], weight [L_local, H], bias [L_local] or None. Targets are CSR: row b's global
     label ids are target_idx[target_offsets[b]:target_offsets[b+1]] (target_offsets [B+1], from
     0 to target_idx.numel()); only ids in [label_offset, label_offset + L_local) count here.
-    Gradients are computed during the forward, `chunk_size` labels at a time.
+    Gradients are computed during the forward, `chunk_size` labels at a time. `criterion`
+    "squared_hinge" sums max(0, 1 - s z)^2 instead (s = +1 at positives, -1 elsewhere).
     """
     if features.dim() != 2 or weight.dim() != 2 or features.shape[1] != weight.shape[1]:
         raise ValueError(
@@ -307,12 +320,14 @@ def fused_linear_bce(features, weight, bias, target_idx, target_offsets, label_o
         )
     if chunk_size < 1:
         raise ValueError(f"fused_linear_bce: chunk_size must be >= 1; got {chunk_size}.")
+    if criterion not in CRITERIA:
+        raise ValueError(f"fused_linear_bce: criterion must be one of {CRITERIA}; got {criterion!r}.")
     pos_label, pos_row = sparse_positives(target_idx, target_offsets, weight.shape[0], label_offset)
     if _use_triton(features):
         from kernels.fused_linear_bce import LinearBCETritonFunction
 
-        return LinearBCETritonFunction.apply(features, weight, bias, pos_label, pos_row, chunk_size)
-    return LinearBCEChunkedFunction.apply(features, weight, bias, pos_label, pos_row, chunk_size)
+        return LinearBCETritonFunction.apply(features, weight, bias, pos_label, pos_row, chunk_size, criterion)
+    return LinearBCEChunkedFunction.apply(features, weight, bias, pos_label, pos_row, chunk_size, criterion)
 
 
 def _topk_lowest_index(scores, k):

@@ -17,7 +17,9 @@ __all__ = [
     "masked_softmax_stats_reference",
     "masked_softmax_weighted_sum_reference",
     "dense_targets",
+    "CRITERIA",
     "linear_bce_reference",
+    "multilabel_loss_reference",
     "linear_topk_reference",
 ]
 
@@ -128,8 +130,22 @@ def dense_targets(target_idx, target_offsets, num_labels, label_offset=0, dtype=
     return y
 
 
-def linear_bce_reference(features, weight, bias, target_idx, target_offsets, label_offset=0):
-    """Sum over all B x L entries of BCE-with-logits(features @ weight.T + bias, y).
+CRITERIA = ("bce", "squared_hinge")
+"""Per-label losses of the output layer: binary cross-entropy with logits, or the squared hinge
+max(0, 1 - s z)^2 with s = +1 at positives and -1 elsewhere (an L2-SVM per label, LinearSVC's loss)."""
+
+
+def multilabel_loss_reference(logits, y, criterion="bce"):
+    """Sum over all entries of `criterion`(logits, y), y in {0, 1}."""
+    if criterion == "bce":
+        return F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
+    if criterion == "squared_hinge":
+        return F.relu(1.0 - (2.0 * y - 1.0) * logits).pow(2).sum()
+    raise ValueError(f"criterion must be one of {CRITERIA}; got {criterion!r}.")
+
+
+def linear_bce_reference(features, weight, bias, target_idx, target_offsets, label_offset=0, criterion="bce"):
+    """Sum over all B x L entries of BCE-with-logits (or `criterion`) of features @ weight.T + bias and y.
 
     Materializes the B x L logits, targets and (under autograd) the gradient of the logits:
     ~4 x B*L*4 bytes live at once, 670K labels x 64 rows = ~690 MB.
@@ -137,7 +153,7 @@ def linear_bce_reference(features, weight, bias, target_idx, target_offsets, lab
     logits = F.linear(features, weight, bias)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     y = dense_targets(target_idx, target_offsets, weight.shape[0], label_offset, dtype=logits.dtype)
-    return F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
+    return multilabel_loss_reference(logits, y, criterion)
 
 
 def linear_topk_reference(features, weight, bias, k, label_offset=0):

@@ -52,6 +52,20 @@ def test_reference_by_hand():
     assert loss.item() == pytest.approx(want, rel=1e-6)
 
 
+def test_squared_hinge_reference_by_hand():
+    features = torch.tensor([[1.0, 0.0], [0.5, -1.0]])
+    weight = torch.tensor([[2.0, 1.0], [0.0, -1.0], [1.0, 1.0]])
+    bias = torch.tensor([0.0, 0.5, -0.5])
+    target_idx, target_offsets = _csr([[12], [10, 11, 99]])
+    loss = linear_bce_reference(features, weight, bias, target_idx, target_offsets, label_offset=10,
+                                criterion="squared_hinge")
+    # z = [[2, 0.5, 0.5], [0, 1.5, -1]], y = [[0, 0, 1], [1, 1, 0]]: negatives pay max(0, 1 + z)^2,
+    # positives max(0, 1 - z)^2: 9 + 2.25 + 0.25 + 1 + 0 + 0.
+    assert loss.item() == pytest.approx(12.5, rel=1e-6)
+    with pytest.raises(ValueError, match="criterion must be one of"):
+        fused_linear_bce(features, weight, bias, target_idx, target_offsets, 10, criterion="hinge")
+
+
 def test_sparse_positives_dedups_filters_and_sorts_by_label():
     target_idx, target_offsets = _csr([[5, 3, 5], [], [4, 3, 9]])
     pos_label, pos_row = sparse_positives(target_idx, target_offsets, num_labels=3, label_offset=3)
@@ -64,10 +78,10 @@ def test_sparse_positives_dedups_filters_and_sorts_by_label():
 
 
 def _check_against_reference(features, weight, bias, target_idx, target_offsets, label_offset,
-                             chunk_size, atol, rtol):
+                             chunk_size, atol, rtol, criterion="bce"):
     inputs = [t for t in (features, weight, bias) if t is not None]
-    loss = fused_linear_bce(features, weight, bias, target_idx, target_offsets, label_offset, chunk_size)
-    want = linear_bce_reference(features, weight, bias, target_idx, target_offsets, label_offset)
+    loss = fused_linear_bce(features, weight, bias, target_idx, target_offsets, label_offset, chunk_size, criterion)
+    want = linear_bce_reference(features, weight, bias, target_idx, target_offsets, label_offset, criterion)
     torch.testing.assert_close(loss, want.to(loss.dtype), atol=atol, rtol=rtol)
     grad_out = torch.rand((), device=features.device) + 0.5
     got_grads = torch.autograd.grad(loss, inputs, grad_out)
@@ -85,12 +99,13 @@ CASES = [  # (B, H, L, chunk_size, label_offset)
 ]
 
 
+@pytest.mark.parametrize("criterion", ["bce", "squared_hinge"])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize(
     "dtype, atol, rtol", [(torch.float32, 1e-4, 1e-5), (torch.float64, 1e-10, 1e-10), (torch.bfloat16, 0.5, 2e-2)]
 )
-def test_chunked_torch_matches_reference(torch_backend, case, with_bias, dtype, atol, rtol):
+def test_chunked_torch_matches_reference(torch_backend, case, with_bias, dtype, atol, rtol, criterion):
     B, H, L, chunk_size, label_offset = case
     torch.manual_seed(B * L + chunk_size)
     features = torch.randn(B, H, dtype=dtype, requires_grad=True)
@@ -98,12 +113,13 @@ def test_chunked_torch_matches_reference(torch_backend, case, with_bias, dtype, 
     bias = torch.randn(L, dtype=dtype, requires_grad=True) if with_bias else None
     target_idx, target_offsets = _random_csr(B, L + 20, seed=L, low=max(0, label_offset - 10))
     _check_against_reference(features, weight, bias, target_idx, target_offsets, label_offset,
-                             chunk_size, atol, rtol)
+                             chunk_size, atol, rtol, criterion)
 
 
+@pytest.mark.parametrize("criterion", ["bce", "squared_hinge"])
 @pytest.mark.parametrize("case", CASES[:3])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_triton_matches_reference(triton_backend, device, case, with_bias):
+def test_triton_matches_reference(triton_backend, device, case, with_bias, criterion):
     B, H, L, chunk_size, label_offset = case
     chunk_size = max(chunk_size, 16)  # keeps the interpreter run short
     torch.manual_seed(B * L)
@@ -112,21 +128,22 @@ def test_triton_matches_reference(triton_backend, device, case, with_bias):
     bias = torch.randn(L, device=device, requires_grad=True) if with_bias else None
     target_idx, target_offsets = _random_csr(B, L + 20, seed=L, device=device, low=max(0, label_offset - 10))
     _check_against_reference(features, weight, bias, target_idx, target_offsets, label_offset,
-                             chunk_size, atol=1e-4, rtol=1e-5)
+                             chunk_size, atol=1e-4, rtol=1e-5, criterion=criterion)
 
 
 @pytest.mark.parametrize(
     "dtype, atol, rtol",
     [pytest.param(torch.float32, 1e-2, 1e-4, marks=GPU), pytest.param(torch.bfloat16, 1.0, 2e-2, marks=GPU)],
 )
+@pytest.mark.parametrize("criterion", ["bce", "squared_hinge"])
 @pytest.mark.parametrize("B, H, L, chunk_size", [(64, 512, 200_003, 8192), (200, 300, 65_536, 4096)])
-def test_triton_large_matches_reference_on_gpu(triton_backend, B, H, L, chunk_size, dtype, atol, rtol):
+def test_triton_large_matches_reference_on_gpu(triton_backend, B, H, L, chunk_size, dtype, atol, rtol, criterion):
     torch.manual_seed(5)
     features = torch.randn(B, H, device="cuda").to(dtype).requires_grad_()
     weight = (torch.randn(L, H, device="cuda") / H**0.5).to(dtype).requires_grad_()
     bias = torch.randn(L, device="cuda").to(dtype).requires_grad_()
     target_idx, target_offsets = _random_csr(B, L, seed=5, device="cuda", max_per_row=8)
-    _check_against_reference(features, weight, bias, target_idx, target_offsets, 0, chunk_size, atol, rtol)
+    _check_against_reference(features, weight, bias, target_idx, target_offsets, 0, chunk_size, atol, rtol, criterion)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

@@ -14,12 +14,12 @@ import weakref
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from xmtc.models.output_layer import OutputLayer, dense_targets
+from xmtc.ops_reference import multilabel_loss_reference
 
 D_IN, H, L, B = 8, 16, 37, 3  # L is prime: no shard count divides it
 LR, CLIP, STEPS = 0.05, 0.5, 3  # CLIP below the gradient norm: clipping acts on every step
@@ -51,10 +51,10 @@ def _entry(rank, fn, world_size, port, args):
 class TinyXML(nn.Module):
     """XML-CNN's shape in miniature: encoder -> features -> OutputLayer (what shard_labels replaces)."""
 
-    def __init__(self, loss: str = "fused", chunk_size: int = 8):
+    def __init__(self, loss: str = "fused", chunk_size: int = 8, criterion: str = "bce"):
         super().__init__()
         self.encoder = nn.Linear(D_IN, H)
-        self.output = OutputLayer(H, L, loss=loss, chunk_size=chunk_size)
+        self.output = OutputLayer(H, L, loss=loss, chunk_size=chunk_size, criterion=criterion)
         self.feature_grad = None
 
     def encode(self, x):
@@ -85,19 +85,19 @@ def rows(batch, lo: int, hi: int):
 
 
 def reference_loss(model: TinyXML, features, idx, offsets):
-    """Plain materialized mean over documents of the BCE summed over labels."""
+    """Plain materialized mean over documents of the BCE (or the layer's criterion) summed over labels."""
     y = dense_targets(idx, offsets, L)
-    return F.binary_cross_entropy_with_logits(model.output.logits(features), y, reduction="sum") / features.shape[0]
+    return multilabel_loss_reference(model.output.logits(features), y, model.output.criterion) / features.shape[0]
 
 
 def make_optimizer(params):
     return torch.optim.AdamW(params, lr=LR, eps=EPS, weight_decay=0.01)
 
 
-def reference_run(world_size: int, num_shards: int):
+def reference_run(world_size: int, num_shards: int, criterion: str = "bce"):
     """Single process, unsharded: what DeepSpeed data parallelism over `world_size` ranks computes."""
     torch.manual_seed(0)
-    model = TinyXML()
+    model = TinyXML(criterion=criterion)
     opt = make_optimizer(model.parameters())
     record = []
     for step in range(STEPS):
@@ -136,7 +136,7 @@ def shard_config(num_shards: int, stage: int):
                              "deepspeed": {"zero_optimization": {"stage": stage}}})
 
 
-def build_engine(dist_info, num_shards: int, stage: int, model: nn.Module | None = None):
+def build_engine(dist_info, num_shards: int, stage: int, model: nn.Module | None = None, criterion: str = "bce"):
     import deepspeed
     from deepspeed.utils import groups as ds_groups
 
@@ -145,7 +145,7 @@ def build_engine(dist_info, num_shards: int, stage: int, model: nn.Module | None
     cfg = shard_config(num_shards, stage)
     if model is None:
         torch.manual_seed(0)
-        model = TinyXML()
+        model = TinyXML(criterion=criterion)
     plan = parallelize(model, cfg, dist_info)
     ds_groups.mpu = None  # DeepSpeed keeps the last engine's mpu in a module global
     ds = {"train_micro_batch_size_per_gpu": B, "train_batch_size": B * dist_info.world_size,
@@ -194,15 +194,16 @@ def collectives_check(dist_info):
 
 
 def equivalence_worker(dist_info, cases, ckpt_root: str):
-    """For each (num_shards, zero_stage): STEPS optimizer steps held to the reference, a checkpoint
-    after step 2 that a fresh engine resumes from for step 3, then top-k."""
+    """For each (num_shards, zero_stage[, criterion]): STEPS optimizer steps held to the reference, a
+    checkpoint after step 2 that a fresh engine resumes from for step 3, then top-k."""
     from xmtc.parallel.reshard import load_unsharded_state, model_file
 
     collectives_check(dist_info)
-    for num_shards, stage in cases:
-        ref_model, record = reference_run(dist_info.world_size, num_shards)
-        engine, plan = build_engine(dist_info, num_shards, stage)
-        tag = f"N={num_shards} W={dist_info.world_size} ZeRO-{stage}"
+    for num_shards, stage, *rest in cases:
+        criterion = rest[0] if rest else "bce"
+        ref_model, record = reference_run(dist_info.world_size, num_shards, criterion)
+        engine, plan = build_engine(dist_info, num_shards, stage, criterion=criterion)
+        tag = f"N={num_shards} W={dist_info.world_size} ZeRO-{stage} {criterion}"
         ckpt_dir = Path(ckpt_root) / f"N{num_shards}_zero{stage}"
         for step, ref in enumerate(record):
             if step == STEPS - 1:
@@ -213,7 +214,7 @@ def equivalence_worker(dist_info, cases, ckpt_root: str):
                 check_close(f"{tag} saved output.weight", load_unsharded_state(ckpt_dir / "mid")["output.weight"],
                             record[step - 1]["params"]["output.weight"])
                 torch.manual_seed(123)  # a different initialization: only the checkpoint can make it right
-                engine, plan = build_engine(dist_info, num_shards, stage, TinyXML())
+                engine, plan = build_engine(dist_info, num_shards, stage, TinyXML(criterion=criterion))
                 _, client = engine.load_checkpoint(str(ckpt_dir), tag="mid")
                 plan.load_checkpoint(engine, ckpt_dir, "mid")
                 assert client["step"] == step

@@ -27,8 +27,9 @@ def test_label_range_by_hand():
 
 def test_two_ranks_two_shards_match_unsharded(tmp_path):
     """N = W = 2: logits, loss, feature/weight/encoder gradients, grad norm, parameters after each of
-    3 clipped AdamW steps (the last after a checkpoint round trip) and top-k, for ZeRO 0, 1, 2."""
-    w.spawn(w.equivalence_worker, 2, [(2, 0), (2, 1), (2, 2)], str(tmp_path))
+    3 clipped AdamW steps (the last after a checkpoint round trip) and top-k, for ZeRO 0, 1, 2, and
+    for the squared-hinge criterion under ZeRO 0 and 2."""
+    w.spawn(w.equivalence_worker, 2, [(2, 0), (2, 1), (2, 2), (2, 0, "squared_hinge"), (2, 2, "squared_hinge")], str(tmp_path))
 
 
 def test_four_ranks_with_and_without_replicas_match_unsharded(tmp_path):

@@ -1,4 +1,4 @@
-"""The output layer over L labels: a linear map scored with binary cross-entropy.
+"""The output layer over L labels: a linear map scored with binary cross-entropy (or the squared hinge).
 
 Its loss takes sparse targets (CSR label indices) and, by default, goes through the chunked fused
 linear + BCE of `xmtc.ops`, so a batch x L logits tensor never exists. The label-sharded variant in
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmtc import ops
+from xmtc.ops_reference import multilabel_loss_reference
 
 
 def dense_targets(label_idx: torch.Tensor, label_offsets: torch.Tensor, num_labels: int, label_offset: int = 0) -> torch.Tensor:
@@ -28,12 +29,13 @@ def dense_targets(label_idx: torch.Tensor, label_offsets: torch.Tensor, num_labe
 
 
 class OutputLayer(nn.Module):
-    """weight [L, H] and bias [L]; `loss` sums BCE over labels, `topk` ranks labels per document."""
+    """weight [L, H] and bias [L]; `loss` sums BCE (or `criterion`) over labels, `topk` ranks labels per document."""
 
-    def __init__(self, in_features: int, num_labels: int, loss: str = "fused", chunk_size: int = 8192):
+    def __init__(self, in_features: int, num_labels: int, loss: str = "fused", chunk_size: int = 8192,
+                 criterion: str = "bce"):
         super().__init__()
         self.in_features, self.num_labels = in_features, num_labels
-        self.loss_mode, self.chunk_size = loss, chunk_size
+        self.loss_mode, self.chunk_size, self.criterion = loss, chunk_size, criterion
         self.weight = nn.Parameter(torch.empty(num_labels, in_features))
         self.bias = nn.Parameter(torch.empty(num_labels))
         self.reset_parameters()
@@ -48,22 +50,27 @@ class OutputLayer(nn.Module):
         return F.linear(features, self.weight, self.bias)
 
     def loss(self, features: torch.Tensor, label_idx: torch.Tensor, label_offsets: torch.Tensor) -> torch.Tensor:
-        """Sum over labels of BCE, averaged over the documents of this batch."""
+        """Sum over labels of BCE (or the squared hinge), averaged over the documents of this batch."""
         batch = features.shape[0]
         if self.loss_mode == "materialized":
             y = dense_targets(label_idx, label_offsets, self.num_labels)
-            total = F.binary_cross_entropy_with_logits(self.logits(features).float(), y, reduction="sum")
+            total = multilabel_loss_reference(self.logits(features).float(), y, self.criterion)
         else:
             total = ops.fused_linear_bce(
-                features, self.weight, self.bias, label_idx, label_offsets, chunk_size=self.chunk_size
+                features, self.weight, self.bias, label_idx, label_offsets, chunk_size=self.chunk_size,
+                criterion=self.criterion,
             )
         return total / batch
 
     def topk(self, features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sigmoid scores [B, k], label ids [B, k]), label by label chunk: no batch x L tensor."""
+        """(sigmoid scores [B, k], label ids [B, k]), label by label chunk: no batch x L tensor.
+
+        Under the squared hinge the sigmoid is only a monotone map of the margin (0.5 at z = 0, where
+        an SVM's decision changes), not a calibrated probability.
+        """
         k = min(k, self.num_labels)
         scores, idx = ops.linear_topk(features, self.weight, self.bias, k, chunk_size=self.chunk_size)
         return torch.sigmoid(scores.float()), idx
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, num_labels={self.num_labels}, loss={self.loss_mode}"
+        return f"in_features={self.in_features}, num_labels={self.num_labels}, loss={self.loss_mode}, criterion={self.criterion}"

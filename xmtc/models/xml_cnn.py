@@ -35,7 +35,7 @@ class XMLCNN(nn.Module):
         self.dropout = nn.Dropout(m.dropout)
         self.bottleneck = nn.Linear(pooled, x.bottleneck) if x.bottleneck > 0 else None
         features = x.bottleneck if x.bottleneck > 0 else pooled
-        self.output = OutputLayer(features, num_labels, loss=x.loss, chunk_size=x.loss_chunk_size)
+        self.output = OutputLayer(features, num_labels, loss=x.loss, chunk_size=x.loss_chunk_size, criterion=x.criterion)
 
     def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [B, S] -> features [B, H] fed to the output layer."""

@@ -26,6 +26,7 @@ from xmtc.config import Config, ConfigError
 from xmtc.distributed import DistInfo
 from xmtc.io import atomic_write_text
 from xmtc.models.output_layer import OutputLayer, dense_targets
+from xmtc.ops_reference import multilabel_loss_reference
 from xmtc.parallel import ParallelPlan
 from xmtc.parallel.groups import (
     LabelShardGroups,
@@ -49,10 +50,10 @@ class LabelShardedOutputLayer(nn.Module):
     """
 
     def __init__(self, in_features: int, num_labels: int, groups: LabelShardGroups,
-                 loss: str = "fused", chunk_size: int = 8192):
+                 loss: str = "fused", chunk_size: int = 8192, criterion: str = "bce"):
         super().__init__()
         self.in_features, self.num_labels = in_features, num_labels
-        self.loss_mode, self.chunk_size = loss, chunk_size
+        self.loss_mode, self.chunk_size, self.criterion = loss, chunk_size, criterion
         self.groups = groups
         self.label_start, self.label_stop = groups.label_range(num_labels)
         local = self.label_stop - self.label_start
@@ -62,7 +63,7 @@ class LabelShardedOutputLayer(nn.Module):
     @classmethod
     def from_layer(cls, layer: OutputLayer, groups: LabelShardGroups) -> LabelShardedOutputLayer:
         """This rank's slice of `layer` (copied, so the full layer can be freed)."""
-        sharded = cls(layer.in_features, layer.num_labels, groups, layer.loss_mode, layer.chunk_size)
+        sharded = cls(layer.in_features, layer.num_labels, groups, layer.loss_mode, layer.chunk_size, layer.criterion)
         with torch.no_grad():
             sharded.weight.copy_(layer.weight[sharded.label_start : sharded.label_stop])
             sharded.bias.copy_(layer.bias[sharded.label_start : sharded.label_stop])
@@ -78,7 +79,7 @@ class LabelShardedOutputLayer(nn.Module):
         return F.linear(self._gather(features)[0], self.weight, self.bias)
 
     def loss(self, features: torch.Tensor, label_idx: torch.Tensor, label_offsets: torch.Tensor) -> torch.Tensor:
-        """Mean over the shard group's documents of the BCE summed over all L labels.
+        """Mean over the shard group's documents of the BCE (or squared hinge) summed over all L labels.
 
         Every rank of the group returns the same value; the gradient of each rank's copy covers
         only its own labels, which is what DeepSpeed's replica-group averaging expects.
@@ -88,10 +89,10 @@ class LabelShardedOutputLayer(nn.Module):
         idx, offsets = all_gather_csr(label_idx, label_offsets, group, sizes)
         if self.loss_mode == "materialized":
             y = dense_targets(idx, offsets, self.weight.shape[0], self.label_start)
-            local = F.binary_cross_entropy_with_logits(F.linear(feats, self.weight, self.bias).float(), y, reduction="sum")
+            local = multilabel_loss_reference(F.linear(feats, self.weight, self.bias).float(), y, self.criterion)
         else:
-            local = ops.fused_linear_bce(feats, self.weight, self.bias, idx, offsets,
-                                         label_offset=self.label_start, chunk_size=self.chunk_size)
+            local = ops.fused_linear_bce(feats, self.weight, self.bias, idx, offsets, label_offset=self.label_start,
+                                         chunk_size=self.chunk_size, criterion=self.criterion)
         total = local.detach().clone()
         if self.groups.num_shards > 1:
             dist.all_reduce(total, group=group)
