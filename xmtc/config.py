@@ -78,6 +78,9 @@ class XMLCNNConfig:
     """Output-layer loss: "fused" (chunked linear + BCE, never materializes batch x L logits) or "materialized"."""
     loss_chunk_size: int = 8192
     """Labels per chunk in the fused loss and chunked top-k."""
+    tfidf: bool = False
+    """Add a learned linear map of each document's TF-IDF vector (sublinear tf, smoothed idf of the training
+    documents, L2-normalised) to the bottleneck's input (xmtc.models.tfidf); needs a bottleneck."""
     criterion: str = "bce"
     """Per-label loss: "bce" (binary cross-entropy with logits, the paper) or "squared_hinge"
     (max(0, 1 - s z)^2, s = +1 for the document's labels and -1 for the others: an L2-SVM per label)."""
@@ -522,6 +525,8 @@ def _check_values(cfg: Config) -> None:
             f"config key 'xml_cnn.filter_widths' has width {max(cfg.xml_cnn.filter_widths)}, wider than the "
             f"{'embedding' if cfg.xml_cnn.conv_over == 'embedding' else 'sequence'} it slides over ({width_limit})"
         )
+    if cfg.xml_cnn.tfidf and cfg.xml_cnn.bottleneck < 1:
+        raise ConfigError("config key 'xml_cnn.tfidf' is true but 'xml_cnn.bottleneck' is 0; the TF-IDF channel feeds the bottleneck")
     if not 0.0 <= cfg.model.dropout < 1.0 or not 0.0 <= cfg.model.embed_dropout < 1.0:
         raise ConfigError("config keys 'model.dropout' and 'model.embed_dropout' must be in [0, 1)")
     if not cfg.model.embed_init_std > 0.0:

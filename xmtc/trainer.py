@@ -18,7 +18,6 @@ A run stopped by SIGUSR1/SIGTERM checkpoints at the next step boundary and exits
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import signal
 import time
@@ -36,8 +35,10 @@ from xmtc.io import append_jsonl, atomic_write_json, atomic_write_text
 from xmtc.metrics import format_table
 from xmtc.models import build_model
 from xmtc.models.common import load_word_vectors
+from xmtc.models.tfidf import document_frequencies
 from xmtc.models.word_vectors import cached_ppmi_svd_vectors, scaled
-from xmtc.parallel import ParallelPlan, parallelize
+from xmtc.optim import build_optimizer, lr_lambda
+from xmtc.parallel import parallelize
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed on a signal, run again with train.resume
 
@@ -81,32 +82,6 @@ def resolve_deepspeed_config(cfg: Config, data_world_size: int, device_type: str
     elif precision == "fp32" and ds.get("bf16", {}).get("enabled"):
         raise ConfigError("config key 'train.precision' is \"fp32\" but deepspeed.bf16.enabled is true; set one of them")
     return ds
-
-
-def build_optimizer(cfg: Config, model: torch.nn.Module, plan: ParallelPlan):
-    """A torch optimizer (DeepSpeed's fused CPU Adam needs a long JIT build) and the LR schedule."""
-    t = cfg.train
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1 and "embedding" not in n]
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and not (p.ndim > 1 and "embedding" not in n)]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    groups = plan.param_groups([g for g in groups if g["params"]])
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=t.lr, betas=tuple(t.betas))
-
-
-def lr_lambda(cfg: Config, total_steps: int):
-    t = cfg.train
-
-    def factor(step: int) -> float:
-        if step < t.warmup_steps:
-            return (step + 1) / t.warmup_steps
-        if t.lr_schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - t.warmup_steps) / max(1, total_steps - t.warmup_steps))
-        shape = 1.0 - progress if t.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-        return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * shape
-
-    return factor
 
 
 def memory_stats(device: torch.device) -> dict[str, float]:
@@ -165,6 +140,8 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
         load_word_vectors(model, scaled(vectors, cfg.model.embed_init_std))
         print0(f"word vectors: PPMI-SVD of the {cfg.model.embed_init_texts} training texts, {vectors.shape[1]} dimensions "
                f"({time.perf_counter() - started:.1f}s)")
+    if getattr(model, "tfidf", None) is not None:
+        model.tfidf.set_idf(*document_frequencies(corpus.train["input_ids"], corpus.vocab_size))
     plan = parallelize(model, cfg, dist_info)
     model = plan.model.to(dist_info.device)
     n_params = sum(p.numel() for p in model.parameters())

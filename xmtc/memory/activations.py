@@ -6,7 +6,8 @@ w, p pooling chunks, H features, G = K x B rows scored per shard, L_k = ceil(L /
 shard, c = min(chunk, L_k), a = activation bytes, m = dropout-mask bytes: 1 on CUDA, a on CPU):
   saved by the forward  ids 8BS; dropped embeddings and mask (a + m)BSD (no dropout: aBSD); per
                         width relu(conv) aBF(C-w+1); arg-max indices 8BFp|w|; pooled features
-                        aBFp|w|; bottleneck relu aBH; feature dropout (a + m)BH
+                        aBFp|w|; tf-idf channel (xml_cnn.tfidf) at most 36BS + aBH; bottleneck relu
+                        aBH; feature dropout (a + m)BH
   forward:embed         ids, the embeddings, the dropout's mask and output: (2a + m)BSD
   forward:loss          saved + fused: feature gradient 4GH and one chunk of logits with its
                         softplus 8Gc, never G x L (bf16: + fp32 features and weight chunk 4GH + 4cH,
@@ -73,6 +74,8 @@ def xml_cnn_items(cfg: Config, batch: int, num_labels: int, shards: int, dtype: 
         _item("pooling arg-max indices", 8 * B * pooled, "", "8BFp|w|"),
         _item("pooled features", a * B * pooled, "", "aBFp|w|"),
     ]
+    if x.tfidf:  # at most B*S distinct (document, token) pairs: keys, counts, rows, ids, weights
+        saved.append(_item("tf-idf channel: sparse batch weights and output", 36 * B * S + a * B * H, "", "36BS + aBH"))
     if x.bottleneck > 0:
         saved.append(_item("bottleneck relu", a * B * H, "", "aBH"))
     if m.dropout > 0:

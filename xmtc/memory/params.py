@@ -32,6 +32,7 @@ ROWS = {
         ("conv", ("convs.",)),
         ("bottleneck", ("bottleneck.",)),
         ("output", ("output.",)),
+        ("tf-idf map", ("tfidf.",)),
     ],
     "sgm": [
         ("embedding", ("encoder.embedding.",)),

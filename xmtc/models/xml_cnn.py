@@ -6,6 +6,7 @@ embedding -> convolutions of several widths -> dynamic max pooling into p chunks
 `conv_over="sequence"` slides filters over token positions (the paper, Kim-CNN). `"embedding"` is
 the reference budget's variant: the S token positions are input channels and filters slide along
 the embedding axis (S x F x width weights per width). Kim-CNN: p = 1 (global max), no bottleneck.
+`xml_cnn.tfidf` adds a linear map of the document's TF-IDF vector to the bottleneck (xmtc.models.tfidf).
 The model holds no distributed code; label sharding replaces `self.output` from outside.
 """
 
@@ -19,6 +20,7 @@ from xmtc import ops
 from xmtc.config import Config
 from xmtc.models.common import init_embedding
 from xmtc.models.output_layer import OutputLayer
+from xmtc.models.tfidf import TfidfChannel
 
 
 class XMLCNN(nn.Module):
@@ -36,6 +38,8 @@ class XMLCNN(nn.Module):
         self.bottleneck = nn.Linear(pooled, x.bottleneck) if x.bottleneck > 0 else None
         features = x.bottleneck if x.bottleneck > 0 else pooled
         self.output = OutputLayer(features, num_labels, loss=x.loss, chunk_size=x.loss_chunk_size, criterion=x.criterion)
+        # Built last, so every other layer draws the same initial values with or without it.
+        self.tfidf = TfidfChannel(vocab_size, x.bottleneck) if x.tfidf else None
 
     def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [B, S] -> features [B, H] fed to the output layer."""
@@ -47,7 +51,10 @@ class XMLCNN(nn.Module):
         pooled = [ops.dynamic_max_pool(F.conv1d(h, conv.weight), conv.bias, self.chunks) for conv in self.convs]
         z = torch.cat([p.flatten(1) for p in pooled], dim=1)
         if self.bottleneck is not None:
-            z = F.relu(self.bottleneck(z))
+            z = self.bottleneck(z)
+            if self.tfidf is not None:
+                z = z + self.tfidf(input_ids)
+            z = F.relu(z)
         return self.dropout(z)
 
     def forward(self, input_ids, label_idx=None, label_offsets=None, lengths=None, topk: int = 0):
