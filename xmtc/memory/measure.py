@@ -68,7 +68,8 @@ def measure(cfg, steps: int = 3, snapshot: str | os.PathLike | None = None,
     from xmtc.evaluation import move
     from xmtc.models import build_model
     from xmtc.parallel import parallelize
-    from xmtc.trainer import build_optimizer, lr_lambda, resolve_deepspeed_config
+    from xmtc.optim import build_optimizer, lr_lambda
+    from xmtc.trainer import resolve_deepspeed_config
 
     ops.set_kernel_backend(cfg.model.kernels)
     info = setup(cfg.parallel, cfg.train.device, local_rank_arg)

@@ -33,6 +33,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from xmtc.optim import fused_adam_supported
+
 BUCKET_DEFAULT = 500_000_000
 """DeepSpeed's reduce_bucket_size and stage-0 all-reduce bucket (elements)."""
 PERSISTENCE_DEFAULT = 100_000
@@ -106,7 +108,7 @@ def allreduce_bucket(params: list[Param], limit: int = BUCKET_DEFAULT) -> int:
 
 
 def adam_scratch(groups: list[list[int]], device: str) -> tuple[int, str]:
-    """Bytes torch.optim.Adam(W) allocates inside step(), given the fp32 tensor sizes of each group.
+    """Bytes the for-loop/foreach torch.optim.Adam(W) allocates inside step(), given the fp32 tensor sizes of each group.
 
     CUDA (foreach): sqrt(exp_avg_sq) of a whole group at once. CPU (single tensor, one parameter
     after another): the sqrt and its quotient of one tensor, while the previous tensor's quotient
@@ -136,6 +138,12 @@ def model_state_items(params: list[Param], *, stage: int, dtype: str, dp: int, d
     moments = MOMENT_BYTES.get(optimizer.lower(), 8)
     bucket = int(zero.get("reduce_bucket_size", BUCKET_DEFAULT))
     groups = optimizer_groups(params, client_optimizer)
+    # torch's fused Adam(W) (xmtc.optim) and DeepSpeed's own optimizers step in place, without scratch.
+    fused_step = not client_optimizer or fused_adam_supported(device)
+
+    def step_scratch(sizes: list[list[int]]) -> tuple[int, str]:
+        return (0, "0 (fused optimizer)") if fused_step else adam_scratch(sizes, device)
+
     largest = max(p.numel for p in params)
     first = output_numel or max(p.numel for p in params if p.numel != first_layer)
     items: list[Item] = []
@@ -157,7 +165,7 @@ def model_state_items(params: list[Param], *, stage: int, dtype: str, dp: int, d
         add("temporaries", "all-reduce flat bucket", b * allreduce_bucket(params), "reduce", f"{b} min(P, 5e8 + last)")
         if dtype == "bf16":
             add("temporaries", "fp32 copies of the gradients", 4 * P, "step", "4 P")
-        scratch, formula = adam_scratch([[p.numel for p in g] for g in groups], device)
+        scratch, formula = step_scratch([[p.numel for p in g] for g in groups])
         add("temporaries", "optimizer step scratch", scratch, "step", formula)
         return items
 
@@ -187,14 +195,14 @@ def model_state_items(params: list[Param], *, stage: int, dtype: str, dp: int, d
             "8 min(max n, P_g / D)")
 
         def update(i: int) -> int:
-            scratch = max(adam_scratch([[parts[i]]], device)[0], b * parts[i] if b != 4 else 0)
+            scratch = max(step_scratch([[parts[i]]])[0], b * parts[i] if b != 4 else 0)
             return 4 * parts[i] + scratch + (b * overlap if i < len(parts) - 1 else 0)
 
         i = max(range(len(parts)), key=update)
         if i < len(parts) - 1:
             add("grads", "grads_in_partition", b * overlap, "step:update", f"{b} x params overlapping the partition")
         add("temporaries", "fp32 gradient partition", 4 * parts[i], "step:update", "4 P_g / D")
-        scratch, formula = adam_scratch([[parts[i]]], device)
+        scratch, formula = step_scratch([[parts[i]]])
         if b * parts[i] > scratch:
             scratch, formula = b * parts[i], f"{b} P_g / D (the flat partition cast to fp32)"
         add("temporaries", "optimizer step scratch", scratch, "step:update", formula.replace("largest group", "P_g / D"))
@@ -229,7 +237,7 @@ def model_state_items(params: list[Param], *, stage: int, dtype: str, dp: int, d
         "step:norm", "8 ceil(max n / D)")
     group_parts = [sum(math.ceil(p.numel / dp) for p in g) for g in groups]  # stepped one group at a time
     add("temporaries", "fp32 gradient partition", 4 * max(group_parts), "step:update", "4 P_g / D")
-    scratch, formula = adam_scratch([[n] for n in group_parts], device)
+    scratch, formula = step_scratch([[n] for n in group_parts])
     add("temporaries", "optimizer step scratch", scratch, "step:update", formula)
     return items
 

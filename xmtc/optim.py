@@ -1,0 +1,54 @@
+"""The torch optimizer and learning-rate schedule the trainer hands DeepSpeed (and the memory planner models).
+
+A torch Adam(W), not DeepSpeed's: its fused CPU Adam needs a long JIT build. A `deepspeed.optimizer`
+block in the config still selects DeepSpeed's own. Where this torch has it for the device, the
+optimizer is torch's fused implementation: one kernel over all parameters, without the per-tensor
+temporaries of the for-loop one; on one CPU core it steps 13.3M parameters in 13 ms instead of 115 ms.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from xmtc.config import Config
+
+
+@functools.cache
+def fused_adam_supported(device_type: str) -> bool:
+    """Whether torch.optim.Adam(W)(fused=True) runs on `device_type` ("cpu", "cuda") with this torch."""
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    except ImportError:  # torch before 2.1: fused Adam was CUDA-only
+        return device_type == "cuda"
+    return device_type in _get_fused_kernels_supported_devices()
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module, plan) -> torch.optim.Optimizer:
+    """Adam(W) over `model` with weight decay on matrices other than embeddings; `plan` groups the parameters."""
+    t = cfg.train
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1 and "embedding" not in n]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not (p.ndim > 1 and "embedding" not in n)]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    groups = plan.param_groups([g for g in groups if g["params"]])
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    device = next(model.parameters()).device.type
+    return cls(groups, lr=t.lr, betas=tuple(t.betas), fused=fused_adam_supported(device) or None)
+
+
+def lr_lambda(cfg: Config, total_steps: int):
+    """Step -> learning-rate factor: linear warm-up, then linear, cosine or constant down to min_lr_ratio."""
+    t = cfg.train
+
+    def factor(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - t.warmup_steps) / max(1, total_steps - t.warmup_steps))
+        shape = 1.0 - progress if t.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * shape
+
+    return factor
