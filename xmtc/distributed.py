@@ -7,10 +7,15 @@ Launchers covered: `deepspeed` (passes --local_rank and sets RANK/WORLD_SIZE), `
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
+import sys
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,17 +102,73 @@ def setup(parallel: ParallelConfig, device: str = "auto", local_rank_arg: int | 
     if not dist.is_initialized():
         # A lone process rendezvous through a file: no port to race other jobs for.
         init_method = f"file://{tempfile.mkdtemp(prefix='xmtc-rdzv-')}/store" if alone else None
-        deepspeed.init_distributed(
-            dist_backend=backend,
-            auto_mpi_discovery=False,
-            timeout=datetime.timedelta(minutes=parallel.timeout_minutes),
-            init_method=init_method,
-            rank=0 if alone else -1,
-            world_size=1 if alone else -1,
-        )
+        with stale_extension_locks_cleared():  # DeepSpeed JIT-loads its CPU shared-memory op in here
+            deepspeed.init_distributed(
+                dist_backend=backend,
+                auto_mpi_discovery=False,
+                timeout=datetime.timedelta(minutes=parallel.timeout_minutes),
+                init_method=init_method,
+                rank=0 if alone else -1,
+                world_size=1 if alone else -1,
+            )
     if backend == "gloo" and dist.get_world_size() > 1:
         release_shm_workspace(dist.get_rank())
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend)
+
+
+EXTENSION_LOCK_STALE_S = 300.0
+"""A torch-extension build lock older than this was left by a killed process: DeepSpeed's CPU op builds in about a minute."""
+
+
+def _extension_locks() -> list[Path]:
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    return [*root.glob("*/lock"), *root.glob("*/*/lock")]
+
+
+def remove_stale_extension_locks(stale_after_s: float = EXTENSION_LOCK_STALE_S) -> list[Path]:
+    """Remove torch-extension build locks older than `stale_after_s`; returns the ones removed."""
+    removed = []
+    now = time.time()
+    for lock in _extension_locks():
+        try:
+            if now - lock.stat().st_mtime > stale_after_s:
+                lock.unlink()
+                removed.append(lock)
+        except FileNotFoundError:  # released meanwhile
+            continue
+    for lock in removed:
+        print(f"warning: removed {lock}, a torch-extension build lock left for over {stale_after_s:.0f} s "
+              "by a process that died while loading the op", file=sys.stderr, flush=True)
+    return removed
+
+
+@contextlib.contextmanager
+def stale_extension_locks_cleared(stale_after_s: float = EXTENSION_LOCK_STALE_S, poll_s: float = 5.0) -> Iterator[None]:
+    """While inside, a thread removes torch-extension build locks older than `stale_after_s`.
+
+    torch's JIT loader takes `<extensions dir>/<op>/lock` on every load, also when there is nothing
+    to build, and waits as long as the file exists. DeepSpeed loads its CPU shared-memory op inside
+    `init_distributed`, so a rank killed at that moment (a preemption, an OOM kill, a test killing a
+    rank) left every later run on the machine waiting forever. Torch polls for the file, so a
+    process already waiting goes on once the thread removes it.
+    """
+    stop = threading.Event()
+
+    def watch() -> None:
+        while True:
+            remove_stale_extension_locks(stale_after_s)
+            if stop.wait(poll_s):
+                return
+
+    thread = threading.Thread(target=watch, name="xmtc-extension-locks", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 SHM_DIR = Path("/dev/shm")

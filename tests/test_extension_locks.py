@@ -1,0 +1,45 @@
+"""Stale torch-extension build locks: a rank killed while DeepSpeed JIT-loads its CPU op must not hang
+every later run (xmtc.distributed.stale_extension_locks_cleared, around deepspeed.init_distributed)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from torch.utils.file_baton import FileBaton
+
+from xmtc.distributed import remove_stale_extension_locks, stale_extension_locks_cleared
+
+
+def _lock(root, name, age_s):
+    path = root / name / "lock"
+    path.parent.mkdir(parents=True)
+    path.touch()
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+    return path
+
+
+def test_only_locks_older_than_the_threshold_are_removed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    old = _lock(tmp_path, "deepspeed_shm_comm", age_s=400)
+    fresh = _lock(tmp_path, "other_op", age_s=10)  # a build in progress keeps its lock
+    nested = _lock(tmp_path / "py311_cpu", "deepspeed_shm_comm", age_s=1000)  # torch's default layout
+    assert sorted(remove_stale_extension_locks(300)) == sorted([old, nested])
+    assert not old.exists() and not nested.exists() and fresh.exists()
+    assert "removed" in capsys.readouterr().err
+
+
+def test_a_process_waiting_on_a_dead_holders_lock_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = _lock(tmp_path, "deepspeed_shm_comm", age_s=2)
+    baton = FileBaton(str(lock), wait_seconds=0.05)
+    assert not baton.try_acquire()  # torch's loader would now wait for the holder, which is gone
+    waiter = threading.Thread(target=baton.wait)
+    started = time.monotonic()
+    with stale_extension_locks_cleared(stale_after_s=1.0, poll_s=0.1):
+        waiter.start()
+        waiter.join(timeout=10)
+    assert not waiter.is_alive() and time.monotonic() - started < 5
+    assert not lock.exists()
