@@ -15,8 +15,8 @@ from xmtc.models import build_model
 from xmtc.models.tfidf import TfidfChannel, document_frequencies, smoothed_idf, tfidf_rows
 
 
-def dense_tfidf(input_ids: torch.Tensor, idf: torch.Tensor) -> torch.Tensor:
-    """[B, V] sublinear TF-IDF, rows L2-normalised, written entry by entry."""
+def dense_tfidf(input_ids: torch.Tensor, idf: torch.Tensor, sublinear: bool) -> torch.Tensor:
+    """[B, V] TF-IDF (raw or sublinear tf), rows L2-normalised, written entry by entry."""
     out = torch.zeros(input_ids.shape[0], idf.numel(), dtype=torch.float64)
     for b, row in enumerate(input_ids.tolist()):
         counts: dict[int, int] = {}
@@ -24,7 +24,7 @@ def dense_tfidf(input_ids: torch.Tensor, idf: torch.Tensor) -> torch.Tensor:
             if t >= 2:
                 counts[t] = counts.get(t, 0) + 1
         for t, c in counts.items():
-            out[b, t] = (1 + math.log(c)) * float(idf[t])
+            out[b, t] = ((1 + math.log(c)) if sublinear else c) * float(idf[t])
         norm = out[b].norm()
         if norm > 0:
             out[b] /= norm
@@ -39,27 +39,30 @@ def test_document_frequencies_and_idf_by_hand():
     assert idf.dtype == np.float32
 
 
-def test_tfidf_rows_by_hand():
+@pytest.mark.parametrize("sublinear", [False, True])
+def test_tfidf_rows_by_hand(sublinear):
     idf = torch.tensor([9.0, 9.0, 1.0, 2.0, 1.0])
     ids = torch.tensor([[2, 2, 3, 1, 0], [4, 0, 0, 0, 0], [1, 0, 0, 0, 0]])
-    doc, token, weight = tfidf_rows(ids, idf)
-    # Document 0: tf(2) = 1 + log 2 with idf 1, tf(3) = 1 with idf 2; unknown (1) and padding (0) carry none.
-    a, b = 1 + math.log(2), 2.0
+    doc, token, weight = tfidf_rows(ids, idf, sublinear)
+    # Document 0: token 2 twice (tf 2, or 1 + log 2) with idf 1, token 3 once with idf 2; unknown (1)
+    # and padding (0) carry none.
+    a, b = (1 + math.log(2)) if sublinear else 2.0, 2.0
     assert doc.tolist() == [0, 0, 1] and token.tolist() == [2, 3, 4]  # document 2 has no weighted token
     torch.testing.assert_close(weight, torch.tensor([a / math.hypot(a, b), b / math.hypot(a, b), 1.0]))
 
 
-def test_channel_matches_a_dense_tfidf_matmul_forward_and_backward():
+@pytest.mark.parametrize("sublinear", [False, True])
+def test_channel_matches_a_dense_tfidf_matmul_forward_and_backward(sublinear):
     torch.manual_seed(0)
     V, H = 40, 6
-    channel = TfidfChannel(V, H).double()
+    channel = TfidfChannel(V, H, sublinear).double()
     df = np.random.default_rng(0).integers(0, 20, size=V)
     channel.set_idf(df, 20)
     ids = torch.randint(0, V, (5, 30))
     ids[3] = 0  # an empty document
     ids[4, :25] = 7  # a repeated token
     got = channel(ids)
-    want = dense_tfidf(ids, channel.idf) @ channel.weight
+    want = dense_tfidf(ids, channel.idf, sublinear) @ channel.weight
     torch.testing.assert_close(got, want)
     assert not got[3].any()
     grad_out = torch.randn_like(got)

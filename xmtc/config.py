@@ -79,8 +79,10 @@ class XMLCNNConfig:
     loss_chunk_size: int = 8192
     """Labels per chunk in the fused loss and chunked top-k."""
     tfidf: bool = False
-    """Add a learned linear map of each document's TF-IDF vector (sublinear tf, smoothed idf of the training
-    documents, L2-normalised) to the bottleneck's input (xmtc.models.tfidf); needs a bottleneck."""
+    """Add a learned linear map of each document's TF-IDF vector (token counts times the smoothed idf of the
+    training documents, L2-normalised) to the bottleneck's input (xmtc.models.tfidf); needs a bottleneck."""
+    tfidf_sublinear: bool = False
+    """TF-IDF channel: 1 + log(count) instead of the count as the term frequency."""
     criterion: str = "bce"
     """Per-label loss: "bce" (binary cross-entropy with logits, the paper) or "squared_hinge"
     (max(0, 1 - s z)^2, s = +1 for the document's labels and -1 for the others: an L2-SVM per label)."""

@@ -8,8 +8,9 @@ TF-IDF features with learned ones (XR-Transformer, SiameseXML):
 
     bottleneck = relu(W_b [pooled conv features] + b + W_t tfidf(document))
 
-with tf = 1 + log(count) (sublinear), idf = log((1 + N) / (1 + df)) + 1 (smoothed, N training
-documents, df the training documents that contain the token), each document's vector L2-normalised,
+with tf = count (or 1 + log(count), `xml_cnn.tfidf_sublinear`), idf = log((1 + N) / (1 + df)) + 1
+(smoothed, N training documents, df the training documents that contain the token), each document's
+vector L2-normalised,
 over the tokens the model reads (its first data.max_len; padding and unknown tokens left out).
 `idf` is a buffer, so checkpoints carry it and `xmtc.predict` scores new texts with the training
 statistics. W_t is [vocab, bottleneck]: a dense parameter, so its gradient and Adam state cost
@@ -47,7 +48,7 @@ def smoothed_idf(df: np.ndarray, num_docs: int) -> np.ndarray:
     return (np.log((1.0 + num_docs) / (1.0 + df.astype(np.float64))) + 1.0).astype(np.float32)
 
 
-def tfidf_rows(input_ids: torch.Tensor, idf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def tfidf_rows(input_ids: torch.Tensor, idf: torch.Tensor, sublinear: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sparse TF-IDF of a padded batch [B, S] -> (doc row, token id, weight), sorted by row then id.
 
     Each row's weights have unit L2 norm; a row without a weighted token has no entries.
@@ -58,7 +59,8 @@ def tfidf_rows(input_ids: torch.Tensor, idf: torch.Tensor) -> tuple[torch.Tensor
     keep = input_ids >= RESERVED
     keys, counts = torch.unique(rows[keep] * vocab + input_ids[keep], return_counts=True)
     doc, token = keys // vocab, keys % vocab
-    weight = (1.0 + torch.log(counts.to(idf.dtype))) * idf[token]
+    tf = counts.to(idf.dtype)
+    weight = (1.0 + torch.log(tf) if sublinear else tf) * idf[token]
     norm = torch.zeros(batch, dtype=idf.dtype, device=idf.device).index_add_(0, doc, weight * weight).sqrt()
     return doc, token, weight / norm[doc]
 
@@ -66,8 +68,9 @@ def tfidf_rows(input_ids: torch.Tensor, idf: torch.Tensor) -> tuple[torch.Tensor
 class TfidfChannel(nn.Module):
     """tfidf(document) @ W_t: [B, S] token ids -> [B, out_features]."""
 
-    def __init__(self, vocab_size: int, out_features: int):
+    def __init__(self, vocab_size: int, out_features: int, sublinear: bool = False):
         super().__init__()
+        self.sublinear = sublinear
         self.weight = nn.Parameter(torch.empty(vocab_size, out_features))
         self.register_buffer("idf", torch.ones(vocab_size))
         nn.init.normal_(self.weight, std=INIT_STD)
@@ -80,7 +83,7 @@ class TfidfChannel(nn.Module):
             self.idf.copy_(torch.from_numpy(smoothed_idf(df, num_docs)))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        doc, token, weight = tfidf_rows(input_ids, self.idf)
+        doc, token, weight = tfidf_rows(input_ids, self.idf, self.sublinear)
         batch = input_ids.shape[0]
         offsets = torch.zeros(batch, dtype=torch.long, device=input_ids.device)
         offsets[1:] = torch.bincount(doc, minlength=batch).cumsum(0)[:-1]
@@ -88,4 +91,4 @@ class TfidfChannel(nn.Module):
         return F.embedding_bag(token, self.weight, offsets, mode="sum", per_sample_weights=weight.to(self.weight.dtype))
 
     def extra_repr(self) -> str:
-        return f"vocab_size={self.weight.shape[0]}, out_features={self.weight.shape[1]}"
+        return f"vocab_size={self.weight.shape[0]}, out_features={self.weight.shape[1]}, sublinear={self.sublinear}"

@@ -39,7 +39,7 @@ class XMLCNN(nn.Module):
         features = x.bottleneck if x.bottleneck > 0 else pooled
         self.output = OutputLayer(features, num_labels, loss=x.loss, chunk_size=x.loss_chunk_size, criterion=x.criterion)
         # Built last, so every other layer draws the same initial values with or without it.
-        self.tfidf = TfidfChannel(vocab_size, x.bottleneck) if x.tfidf else None
+        self.tfidf = TfidfChannel(vocab_size, x.bottleneck, x.tfidf_sublinear) if x.tfidf else None
 
     def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [B, S] -> features [B, H] fed to the output layer."""
