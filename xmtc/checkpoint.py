@@ -9,6 +9,7 @@ DeepSpeed's own `zero_to_fp32` reassembles them.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -48,6 +49,16 @@ def resolve_tag(ckpt_dir: Path, tag: str | None, prefer_best: bool = False) -> s
     if not latest.is_file():
         raise UserError(f"{ckpt_dir} holds no checkpoint (no 'latest' file); train first or pass --tag")
     return latest.read_text().strip()
+
+
+def set_aside_tag(ckpt_dir: Path, tag: str) -> Path:
+    """Rename checkpoint tag `tag` to the first free `<tag>.replaced<k>`; returns the new path."""
+    k = 1
+    while (Path(ckpt_dir) / f"{tag}.replaced{k}").exists():
+        k += 1
+    aside = Path(ckpt_dir) / f"{tag}.replaced{k}"
+    os.rename(Path(ckpt_dir) / tag, aside)
+    return aside
 
 
 def _zero_stage(tag_dir: Path) -> int:

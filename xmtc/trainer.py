@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from xmtc import ops
-from xmtc.checkpoint import BEST_FILE, read_best
+from xmtc.checkpoint import BEST_FILE, read_best, set_aside_tag
 from xmtc.config import LOWER_IS_BETTER, Config, ConfigError
 from xmtc.data import TrainBatchSampler, collate, load_corpus, whole_train_token_ids
 from xmtc.distributed import all_reduce_max, all_reduce_sum, print0, setup
@@ -38,7 +38,7 @@ from xmtc.models.common import load_word_vectors
 from xmtc.models.tfidf import document_frequencies
 from xmtc.models.word_vectors import cached_ppmi_svd_vectors, scaled
 from xmtc.optim import build_optimizer, lr_lambda
-from xmtc.parallel import parallelize
+from xmtc.parallel import load_checkpoint, parallelize
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed on a signal, run again with train.resume
 
@@ -178,8 +178,7 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     step, last_loss = 0, float("nan")
     best: dict | None = None  # the selected checkpoint so far (best.json's content)
     if cfg.train.resume and (ckpt_dir / "latest").is_file():
-        tag_loaded, client = engine.load_checkpoint(str(ckpt_dir))
-        plan.load_checkpoint(engine, ckpt_dir, Path(tag_loaded).name)
+        _, client = load_checkpoint(engine, plan, ckpt_dir)
         step = int(client["step"])
         last_loss = float(client.get("train_loss", float("nan")))
         best = read_best(ckpt_dir) if select else None
@@ -190,8 +189,21 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
         # A fresh run into an old run directory: the old selection no longer describes these checkpoints.
         (ckpt_dir / BEST_FILE).unlink()
 
+    written: set[str] = set()  # tags this process saved (saving one again is DeepSpeed's overwrite)
+
     def save(tag_step: int, tag: str | None = None, latest: bool = True) -> str:
         tag = tag or f"step{tag_step}"
+        if tag not in written:
+            # A tag of this name from an earlier run (a fresh run into an old directory, or a run resumed
+            # from a re-sharded tag, whose old later tags have another layout): DeepSpeed would write into
+            # it and leave the old shards' files beside the new ones. Set it aside instead.
+            old = all_reduce_max(torch.tensor([float((ckpt_dir / tag).exists())], device=dist_info.device)).item()
+            if old and dist_info.is_main and (ckpt_dir / tag).exists():
+                aside = set_aside_tag(ckpt_dir, tag)
+                print0(f"checkpoint tag {tag} exists from an earlier run: moved it to {aside.name}")
+            if old:
+                torch.distributed.barrier()
+            written.add(tag)
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": tag_step, "train_loss": last_loss}, save_latest=latest)
         plan.save_checkpoint(engine, ckpt_dir, tag)
         return tag
@@ -287,8 +299,7 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
             consider(record, saved_tag=last_tag)
             if best["step"] != step:
                 # Every rank loads the selected tag (collective under ZeRO-3 and label sharding).
-                engine.load_checkpoint(str(ckpt_dir), tag=best["tag"])
-                plan.load_checkpoint(engine, ckpt_dir, best["tag"])
+                load_checkpoint(engine, plan, ckpt_dir, best["tag"])
             selection = {"selected_step": best["step"], "selected_tag": best["tag"], "select_metric": select,
                          f"valid_{select}": best["value"]}
             print0(f"model selection: step {best['step']} of {step} ({best['tag']}), valid {select} {best['value']:.4f}")

@@ -37,6 +37,13 @@ def test_four_ranks_with_and_without_replicas_match_unsharded(tmp_path):
     w.spawn(w.equivalence_worker, 4, [(2, 0), (2, 1), (2, 2), (4, 0), (4, 1), (4, 2)], str(tmp_path))
 
 
+def test_resharded_checkpoint_resumes_with_its_adam_state(tmp_path):
+    """W = 4: checkpoints re-sharded mid-run between 1, 2 and 4 shards and across ZeRO 0, 1 and 2
+    (so also between 4, 2 and 1 data-parallel replicas, whose ZeRO partitions differ), each resumed
+    for a third step that must match the reference."""
+    w.spawn(w.reshard_resume_worker, 4, [(1, 2, 4, 1), (2, 2, 4, 0), (4, 0, 2, 1), (2, 1, 1, 2), (1, 0, 2, 2)], str(tmp_path))
+
+
 def test_sharded_fused_loss_holds_no_batch_by_labels(tmp_path):
     """Through the sharded layer on 2 ranks: the fused loss + backward grows memory by the weight
     and bias gradients plus [group batch, chunk] temporaries, never by a [group batch, L/2] tensor."""

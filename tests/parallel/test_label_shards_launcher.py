@@ -64,3 +64,34 @@ def test_sharded_run_matches_unsharded_and_reshards_for_predict(tmp_path):
                             "--texts", str(texts), "--k", "5").stdout
     assert from_sharded == from_unsharded and len(from_sharded.splitlines()) == 3
 
+
+
+@pytest.mark.slow
+def test_zero2_sharded_run_resharded_midway_resumes_unsharded(tmp_path):
+    """2 shards under ZeRO-2 for 40 steps; its step-20 checkpoint re-sharded to 1 and resumed in the
+    same run directory under ZeRO-1 (ZeRO now partitions over 2 data-parallel ranks instead of 1)
+    ends where the uninterrupted run ended. The resumed run's step40 replaces the sharded one's,
+    which is set aside, not mixed with it."""
+    cache = tmp_path / "cache"
+    run = tmp_path / "run"
+    sharded = launch(run, cache, "--parallel.label_shards", "2", "--deepspeed.zero_optimization.stage", "2")
+    ckpt = run / "checkpoints"
+    assert sorted(p.name for p in (ckpt / "step20").glob("zero_pp_rank_*")) == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_0_mp_rank_01_optim_states.pt"]
+
+    module("xmtc.parallel.reshard", "--run", str(run), "--tag", "step20", "--to", "1", "--set-latest")
+    assert (ckpt / "latest").read_text() == "step20-shards1"
+    resumed = launch(run, cache, "--deepspeed.zero_optimization.stage", "1", "--train.resume", "true")
+    assert resumed["step"] == sharded["step"] == 40
+    assert resumed["train_loss"] == pytest.approx(sharded["train_loss"], abs=1e-5)
+    for key in ("P@1", "P@5", "nDCG@5"):
+        assert resumed[key] == pytest.approx(sharded[key], abs=1e-6), key
+
+    assert (ckpt / "step40.replaced1" / "label_shards.json").is_file()  # the sharded run's, intact
+    assert sorted(p.name for p in (ckpt / "step40.replaced1").glob("mp_rank_*")) == [
+        "mp_rank_00_model_states.pt", "mp_rank_01_model_states.pt"]
+    new = ckpt / "step40"
+    assert [p.name for p in new.glob("mp_rank_*")] == ["mp_rank_00_model_states.pt"]
+    assert not (new / "label_shards.json").exists()
+    assert sorted(p.name for p in new.glob("zero_pp_rank_*")) == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]

@@ -18,6 +18,7 @@ from xmtc.parallel.reshard import (
     read_layout,
     reshard_tag,
 )
+from xmtc.parallel.optim_state import named_state_file
 
 SHARDED = ("output.weight", "output.bias")
 
@@ -97,9 +98,12 @@ def test_reshard_cuts_weights_and_adam_state_like_the_original(run, to):
         module, opt = cut(full, optimizer, names, to, s)
         saved = torch.load(model_file(new, s), weights_only=False)
         assert_same(saved["module"], module)
-        assert saved["optimizer"]["param_groups"] == opt["param_groups"]
-        for i in opt["state"]:
-            assert_same(saved["optimizer"]["state"][i], opt["state"][i])
+        assert saved["optimizer"] is None  # DeepSpeed's slot; the state is stored by name beside it
+        named = torch.load(named_state_file(new, s), weights_only=False)["params"]
+        assert sorted(named) == sorted(names)
+        for i, name in enumerate(names):
+            assert torch.equal(named[name]["param"], module[name]), name
+            assert_same({k: v for k, v in named[name].items() if k != "param"}, opt["state"][i])
         assert saved["global_steps"] == 2 and saved["step"] == 2 and saved["mp_world_size"] == to
     assert_same(load_unsharded_state(new), full)
 
@@ -117,11 +121,11 @@ def test_reshard_never_overwrites_and_leaves_no_partial_tag(run):
 def test_reshard_without_optimizer_names_is_weights_only_and_not_resumable(run):
     ckpt, full, _, _ = run
     layout = json.loads((ckpt / "step2" / "label_shards.json").read_text())
-    layout["optimizer_params"] = None  # as a ZeRO-1/2 run writes it
+    layout["optimizer_params"] = None  # and no optimizer_params.json or ZeRO partitions: nothing names the state
     (ckpt / "step2" / "label_shards.json").write_text(json.dumps(layout))
     reshard_tag(ckpt, "step2", 2, set_latest=True)
     assert (ckpt / "latest").read_text() == "step2-shards2"
-    assert torch.load(model_file(ckpt / "step2-shards2", 0), weights_only=False)["optimizer"] is None
+    assert not named_state_file(ckpt / "step2-shards2", 0).exists()
     assert_same(load_unsharded_state(ckpt / "step2-shards2"), full)
     with pytest.raises(ConfigError, match="holds weights only"):
         check_resume_layout(ckpt, 2)

@@ -37,6 +37,7 @@ from xmtc.parallel.groups import (
     mark_label_sharded,
     sum_grads_over_shard_group,
 )
+from xmtc.parallel.optim_state import optimizer_param_names
 from xmtc.parallel.reshard import SHARDS_FILE
 
 SHARDED_NAMES = ("output.weight", "output.bias")
@@ -140,7 +141,7 @@ class LabelShardPlan(ParallelPlan):
 
     def __init__(self, model: nn.Module, dist_info: DistInfo, groups: LabelShardGroups, num_labels: int,
                  sharded_names: tuple[str, ...] = SHARDED_NAMES):
-        super().__init__(model, dist_info.rank, dist_info.world_size, mpu=groups)
+        super().__init__(model, dist_info.rank, dist_info.world_size, mpu=groups, shard_rank=groups.shard_rank)
         self.groups, self.num_labels, self.sharded_names = groups, num_labels, sharded_names
         self.is_main = dist_info.is_main
         # Rule 2 of xmtc.parallel.groups: replicated gradients are summed over the shard group.
@@ -167,20 +168,6 @@ class LabelShardPlan(ParallelPlan):
             atomic_write_text(Path(ckpt_dir) / tag / SHARDS_FILE, json.dumps(self.layout(engine), indent=2) + "\n")
         dist.barrier()
 
-    def load_checkpoint(self, engine, ckpt_dir: Path, tag: str) -> None:
-        # The layout was checked before DeepSpeed read the files (check_resume_layout); nothing left.
-        return None
-
-
-def optimizer_param_names(engine) -> list[list[str]] | None:
-    """Parameter names per group of a plain torch optimizer (ZeRO-0, fp32): maps its saved state to names."""
-    opt = engine.optimizer
-    if engine.zero_optimization_stage() or not isinstance(opt, torch.optim.Optimizer):
-        return None
-    names = {id(p): n for n, p in engine.module.named_parameters()}
-    if any(id(p) not in names for g in opt.param_groups for p in g["params"]):
-        return None
-    return [[names[id(p)] for p in g["params"]] for g in opt.param_groups]
 
 
 def shard_labels(model: nn.Module, cfg: Config, dist_info: DistInfo) -> ParallelPlan:

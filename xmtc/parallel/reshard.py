@@ -6,9 +6,13 @@
 A sharded tag holds DeepSpeed's `mp_rank_{s:02d}_model_states.pt` per shard s (label rows
 [start_s, stop_s) of the output layer, the replicated encoder in each) and `label_shards.json`.
 The tool writes a new tag (default `<tag>-shards<N>`) into a temporary folder and renames it into
-place, so the source checkpoint is never touched and a half-written tag never exists. Adam state
-is re-sharded too when the source was ZeRO-0 with a torch optimizer; from ZeRO-1/2 sources (whose
-optimizer state is flat and partitioned by DeepSpeed) only the weights are carried.
+place, so the source checkpoint is never touched and a half-written tag never exists. The optimizer
+state (fp32 master weights, Adam's moments and step) is re-sharded too, from ZeRO-0, 1 and 2
+sources alike: `xmtc.parallel.optim_state` reads it by parameter name out of the torch state dict
+(ZeRO-0) or DeepSpeed's flat partitions (ZeRO-1/2, bf16), and the new tag stores it by name, one
+`named_optimizer_shard{s:02d}.pt` per shard, which a run of any ZeRO stage 0-2 and any number of
+data-parallel replicas resumes from (`xmtc.parallel.load_checkpoint`). Only a source without a
+readable optimizer state (DeepSpeed's own optimizer block under fp16) gives a weights-only tag.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 
 from xmtc.config import ConfigError, UserError
 from xmtc.parallel.groups import label_range
+from xmtc.parallel.optim_state import named_state_file
 
 SHARDS_FILE = "label_shards.json"
 
@@ -80,25 +85,16 @@ def split_rows(full: torch.Tensor, num_shards: int) -> list[torch.Tensor]:
     return [full[slice(*label_range(full.shape[0], num_shards, s))].clone() for s in range(num_shards)]
 
 
-def reshard_optimizer(layout: dict, optimizers: list[dict], num_shards: int) -> list[dict] | None:
-    """Torch optimizer state dicts of N shards from those of the source shards, or None if not possible."""
-    names = layout.get("optimizer_params")
-    if not names or any(not isinstance(o, dict) or "state" not in o for o in optimizers):
+def reshard_optimizer(tag_dir: Path, layout: dict, states: list[dict], num_shards: int) -> list[dict] | None:
+    """The optimizer state of each of N new shards (NamedStates, xmtc.parallel.optim_state), or None
+    when the source tag holds none that can be read (a DeepSpeed optimizer block, fp16 loss scaling)."""
+    from xmtc.parallel.optim_state import read_named_state, split_named_state
+
+    named = [read_named_state(tag_dir, s, layout, states[s]) for s in range(len(states))]
+    if any(n is None for n in named):
         return None
-    sharded = set(layout.get("sharded", ()))
-    index_names = [n for group in names for n in group]
-    out = [{"state": {}, "param_groups": optimizers[0]["param_groups"]} for _ in range(num_shards)]
-    for idx, name in enumerate(index_names):
-        if idx not in optimizers[0]["state"]:
-            continue  # a parameter that has not stepped yet has no state
-        for key, value in optimizers[0]["state"][idx].items():
-            if name in sharded and torch.is_tensor(value) and value.dim() > 0:
-                parts = split_rows(torch.cat([o["state"][idx][key] for o in optimizers]), num_shards)
-            else:
-                parts = [value] * num_shards
-            for t in range(num_shards):
-                out[t]["state"].setdefault(idx, {})[key] = parts[t]
-    return out
+    sharded = set(layout.get("sharded", ("output.weight", "output.bias")))
+    return split_named_state(named, sharded, lambda full: split_rows(full, num_shards), num_shards)
 
 
 def reshard_tag(ckpt_dir: Path, tag: str, num_shards: int, new_tag: str | None = None, set_latest: bool = False) -> str:
@@ -117,7 +113,7 @@ def reshard_tag(ckpt_dir: Path, tag: str, num_shards: int, new_tag: str | None =
     if not 1 <= num_shards <= num_labels:
         raise UserError(f"--to {num_shards} must be between 1 and the {num_labels} labels")
     pieces = {name: split_rows(full[name], num_shards) for name in sharded}
-    optimizers = reshard_optimizer(layout, [s.get("optimizer") for s in states], num_shards)
+    optimizers = reshard_optimizer(src, layout, states, num_shards)
     tmp = ckpt_dir / f".{new_tag}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -125,17 +121,19 @@ def reshard_tag(ckpt_dir: Path, tag: str, num_shards: int, new_tag: str | None =
         for t in range(num_shards):
             state = dict(states[0])
             state["module"] = {k: (pieces[k][t] if k in pieces else v) for k, v in full.items()}
-            state["optimizer"] = None if optimizers is None else optimizers[t]
+            state["optimizer"] = None  # the optimizer state is in named_optimizer_shard{t:02d}.pt, by parameter name
             state["mp_world_size"] = num_shards
             if state.get("param_shapes") is not None:
                 state["param_shapes"] = None  # ZeRO's flat-buffer shapes of the old shard; this tag has no ZeRO files
             torch.save(state, model_file(tmp, t))
+            if optimizers is not None:
+                torch.save(optimizers[t], named_state_file(tmp, t))
         if num_shards > 1:
             new_layout = {
                 "num_shards": num_shards, "num_labels": num_labels,
                 "label_ranges": [label_range(num_labels, num_shards, s) for s in range(num_shards)],
                 "sharded": sharded, "zero_stage": layout.get("zero_stage", 0),
-                "optimizer_params": layout.get("optimizer_params") if optimizers is not None else None,
+                "optimizer": "named" if optimizers is not None else None,
             }
             (tmp / SHARDS_FILE).write_text(json.dumps(new_layout, indent=2) + "\n")
         if optimizers is None:
@@ -171,7 +169,8 @@ def check_resume_layout(ckpt_dir: Path, num_shards: int) -> None:
     if (tag_dir / "WEIGHTS_ONLY").is_file():
         raise ConfigError(
             f"config key 'train.resume' is true but checkpoint {tag_dir} holds weights only (re-sharded from a "
-            "ZeRO-1/2 or bf16 run), so training cannot continue exactly; use it with xmtc.predict/xmtc.evaluate"
+            "run whose optimizer state it could not read, such as fp16 at ZeRO-0), so training cannot continue "
+            "exactly; use it with xmtc.predict/xmtc.evaluate"
         )
 
 
