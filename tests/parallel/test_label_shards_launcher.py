@@ -16,9 +16,9 @@ from shard_workers import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def launch(out: Path, cache: Path, *overrides: str) -> dict:
+def launch(out: Path, cache: Path, *overrides: str, config: str = "debug_xml_cnn") -> dict:
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()), "--num_gpus", "2",
-           "launch/train.py", "--config", "debug_xml_cnn", "--train.output_dir", str(out),
+           "launch/train.py", "--config", config, "--train.output_dir", str(out),
            "--data.cache_dir", str(cache), *overrides]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -95,3 +95,20 @@ def test_zero2_sharded_run_resharded_midway_resumes_unsharded(tmp_path):
     assert not (new / "label_shards.json").exists()
     assert sorted(p.name for p in new.glob("zero_pp_rank_*")) == [
         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+
+
+@pytest.mark.slow
+def test_sharded_sgm_resumes_from_its_resharded_zero2_checkpoint_under_zero0(tmp_path):
+    """SGM's label head (output projection, bias and label embeddings) in 2 shards under ZeRO-2; the
+    step-20 tag re-sharded (to 2 again: SGM's global batch depends on the shard count) and resumed
+    under ZeRO-0 ends where the uninterrupted run ended: each rank loads its own shard's state."""
+    cache = tmp_path / "cache"
+    common = ("--parallel.label_shards", "2", "--train.save_every", "20")
+    run = tmp_path / "run"
+    whole = launch(run, cache, *common, "--deepspeed.zero_optimization.stage", "2", config="debug_sgm")
+    module("xmtc.parallel.reshard", "--run", str(run), "--tag", "step20", "--to", "2", "--set-latest")
+    resumed = launch(run, cache, *common, "--deepspeed.zero_optimization.stage", "0", "--train.resume", "true",
+                     config="debug_sgm")
+    assert resumed["step"] == whole["step"] == 60
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-6)
+    assert resumed["micro_f1"] == pytest.approx(whole["micro_f1"], abs=1e-9)

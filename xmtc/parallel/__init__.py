@@ -31,8 +31,11 @@ class ParallelPlan:
     """How many slices a global batch is cut into."""
     mpu: Any = None
     """Handed to deepspeed.initialize(mpu=...) when DeepSpeed must know a model-parallel group."""
-    shard_rank: int = 0
-    """Which label shard of the output layer this rank holds (0 when unsharded)."""
+
+    @property
+    def shard_rank(self) -> int:
+        """Which label shard this rank holds (its model-parallel rank; 0 when unsharded)."""
+        return self.mpu.get_model_parallel_rank() if self.mpu is not None else 0
 
     def param_groups(self, groups: list[dict]) -> list[dict]:
         """Optimizer parameter groups as DeepSpeed must see them."""

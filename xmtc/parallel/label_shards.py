@@ -141,7 +141,7 @@ class LabelShardPlan(ParallelPlan):
 
     def __init__(self, model: nn.Module, dist_info: DistInfo, groups: LabelShardGroups, num_labels: int,
                  sharded_names: tuple[str, ...] = SHARDED_NAMES):
-        super().__init__(model, dist_info.rank, dist_info.world_size, mpu=groups, shard_rank=groups.shard_rank)
+        super().__init__(model, dist_info.rank, dist_info.world_size, mpu=groups)
         self.groups, self.num_labels, self.sharded_names = groups, num_labels, sharded_names
         self.is_main = dist_info.is_main
         # Rule 2 of xmtc.parallel.groups: replicated gradients are summed over the shard group.
