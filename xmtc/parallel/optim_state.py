@@ -203,7 +203,7 @@ def _load_into_flat_partitions(engine, state: NamedState) -> None:
     base = zero.optimizer
     names = {id(p): n for n, p in engine.module.named_parameters()}
     lp_groups = getattr(zero, "bit16_groups", None) or getattr(zero, "bf16_groups")
-    for g, (group, lp_params) in enumerate(zip(base.param_groups, lp_groups)):
+    for group, lp_params in zip(base.param_groups, lp_groups):
         (flat,) = group["params"]  # the rank's fp32 partition of the group
         entries = [(p, state["params"].get(names.get(id(p)))) for p in lp_params]
         missing = [names.get(id(p)) for p, e in entries if e is None]
