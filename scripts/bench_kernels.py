@@ -6,7 +6,11 @@
 On CUDA each op is timed forward + backward (median of triton.testing.do_bench) for every
 provider and size; the script prints one table, and writes <out>/<op>.json and <out>/<op>.png
 (time vs size, one line per provider). GB/s divides the bytes a fused kernel must move (the
-model in docs/kernels.md) by the time, so providers compare on one scale.
+model in docs/kernels.md) by the time, so providers compare on one scale. Before the sweep it
+measures this device's limits (copy bandwidth, matrix rate: `measure_limits`) and, after it,
+checks issue 5's targets at each op's largest size (`check_targets`): <out>/summary.json.
+Memory: `peak_mb` is the rise of the allocator's peak over a step with the gradients set to None,
+`scratch_mb` that less the gradients themselves (what the fused kernels exist to avoid).
 
 Without CUDA, Triton timings would mean nothing: the script says so, times the eager reference
 against the chunked torch paths at small sizes on the CPU, writes <out>/cpu.json and exits 0.
@@ -135,17 +139,83 @@ def _time_cuda(fn, args, leaves):
         out.backward(torch.ones_like(out))
 
     step()  # compile / autotune outside the timing
+    for t in leaves:  # as a training step sees them: zero_grad(set_to_none=True)
+        t.grad = None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     step()
     torch.cuda.synchronize()
     peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    grad_mb = sum(t.numel() * t.element_size() for t in leaves) / 2**20
     ms = do_bench(step, warmup=10, rep=50, grad_to_none=leaves, return_mode="median")
-    return ms, peak_mb
+    return ms, peak_mb, peak_mb - grad_mb
+
+
+def measure_limits(dtype):
+    """The physical limits the kernels are held to, measured on this device in this run.
+
+    copy_gb_per_s: a 1 GiB device-to-device copy, counting bytes read plus written (what a
+    memory-bound kernel's GB/s counts); matmul_tflop_per_s: an 8192^3 product in `dtype` on random
+    data (zeros run faster on Hopper and would flatter the ratio).
+    """
+    from triton.testing import do_bench
+
+    src = torch.empty(2**30 // 2, device="cuda", dtype=torch.bfloat16).normal_()
+    dst = torch.empty_like(src)
+    copy_ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=100, return_mode="median")
+    del src, dst
+    n = 8192
+    a, b = (torch.randn(n, n, device="cuda", dtype=dtype) for _ in range(2))
+    mm_ms = do_bench(lambda: a @ b, warmup=25, rep=100, return_mode="median")
+    del a, b
+    torch.cuda.empty_cache()
+    return dict(copy_gb_per_s=2 * 2**30 / copy_ms / 1e6, matmul_tflop_per_s=2 * n**3 / mm_ms / 1e9,
+                matmul_dtype=str(dtype).replace("torch.", ""))
+
+
+# Issue 5's targets (an H100), checked at each op's largest size.
+TARGETS = {
+    "masked_softmax": dict(copy_fraction=0.80, speedup_vs_eager=1.5),
+    "dynamic_max_pool": dict(speedup_vs_eager=2.0),
+    "fused_linear_bce": dict(matmul_fraction=0.60, memory_vs_eager=0.10),
+}
+
+
+def check_targets(rows, limits):
+    """Rows of one sweep + measure_limits() -> one record per target: measured value, target, met.
+
+    A target whose providers failed or were not run is reported with met=None, never as met.
+    """
+    checks = []
+    for op, targets in TARGETS.items():
+        sizes = [r["size"] for r in rows if r["op"] == op]
+        if not sizes:
+            continue
+        size = max(sizes)
+        at = {r["provider"]: r for r in rows if r["op"] == op and r["size"] == size and r.get("ms") is not None}
+        triton, eager = at.get("triton"), at.get("eager")
+        for name, target in targets.items():
+            value = None
+            if name == "copy_fraction" and triton:
+                value = triton["gb_per_s"] / limits["copy_gb_per_s"]
+            elif name == "matmul_fraction" and triton:
+                value = triton["tflop_per_s"] / limits["matmul_tflop_per_s"]
+            elif name == "speedup_vs_eager" and triton and eager:
+                value = eager["ms"] / triton["ms"]
+            elif name == "memory_vs_eager" and triton and eager and eager["scratch_mb"] > 0:
+                # Beyond the inputs and the gradients every path must return (the L x H weight
+                # gradient alone is 0.65 GiB at 670K labels in bf16): the logits and their kin.
+                value = max(triton["scratch_mb"], 0.0) / eager["scratch_mb"]
+            met = None if value is None else (value <= target if name == "memory_vs_eager" else value >= target)
+            checks.append(dict(op=op, size=size, check=name, value=value, target=target, met=met))
+    return checks
 
 
 def run_cuda(names, dtype, out_dir):
+    limits = measure_limits(dtype)
+    print(f"limits: copy {limits['copy_gb_per_s']:.0f} GB/s (read + write), "
+          f"{limits['matmul_dtype']} matmul {limits['matmul_tflop_per_s']:.0f} TFLOP/s", flush=True)
     rows = []
     elem = torch.finfo(dtype).bits // 8
     for name in names:
@@ -156,20 +226,30 @@ def run_cuda(names, dtype, out_dir):
             for provider, fn in _providers(spec).items():
                 row = dict(op=name, size=size, provider=provider, dtype=str(dtype).replace("torch.", ""))
                 try:
-                    ms, peak_mb = _time_cuda(fn, args, leaves)
+                    ms, peak_mb, scratch_mb = _time_cuda(fn, args, leaves)
                 except Exception as err:  # one provider failing (OOM, compile) must not end the sweep
                     row.update(ms=None, error=f"{type(err).__name__}: {err}"[:200])
                 else:
-                    row.update(ms=ms, peak_mb=peak_mb, gb_per_s=spec["bytes"](size, elem) / ms / 1e6)
+                    row.update(ms=ms, peak_mb=peak_mb, scratch_mb=scratch_mb, gb_per_s=spec["bytes"](size, elem) / ms / 1e6)
+                    row["copy_fraction"] = row["gb_per_s"] / limits["copy_gb_per_s"]
                     if spec["flops"] is not None:
                         row["tflop_per_s"] = spec["flops"](size) / ms / 1e9
+                        row["matmul_fraction"] = row["tflop_per_s"] / limits["matmul_tflop_per_s"]
                 op_rows.append(row)
                 _print_row(row)
             del args, leaves
             torch.cuda.empty_cache()
-        _write(out_dir, name, dict(device=torch.cuda.get_device_name(), size_name=spec["size_name"], rows=op_rows))
+        _write(out_dir, name, dict(device=torch.cuda.get_device_name(), size_name=spec["size_name"], limits=limits,
+                                   rows=op_rows))
         _plot(out_dir, name, spec["size_name"], op_rows)
         rows += op_rows
+    checks = check_targets(rows, limits)
+    for c in checks:
+        value = "n/a" if c["value"] is None else f"{c['value']:.3f}"
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[c["met"]]
+        print(f"target {c['op']} {c['check']} at {c['size']}: {value} (target {c['target']}) {verdict}")
+    _write(out_dir, "summary", dict(device=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d"),
+                                    torch=torch.__version__, limits=limits, checks=checks))
     return rows
 
 

@@ -178,6 +178,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--adam", default="fused", choices=("fused", "default"), help="torch AdamW implementation")
+    p.add_argument("--json", default=None, help="also write the machine and the rows as JSON here")
     args = p.parse_args(argv)
     from xmtc.config import load_config
 
@@ -202,6 +203,9 @@ def main(argv=None) -> int:
         ratio = f"{r['peak_gb'] / plain['peak_gb']:.2f}" if plain else "-"
         print(f"| {r['case']} | {r['ranks']} | {r['samples_per_s']:.1f} | {r['step_s']:.2f} | {r['tflops']:.3f} | "
               f"{r['peak_gb']:.2f} | {ratio} | {r['peak_rss_gb']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(machine=machine(), config=args.config, labels=labels, batch=batch,
+                                                   device=args.device, rows=rows), indent=2))
     return 0
 
 
