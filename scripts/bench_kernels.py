@@ -14,12 +14,16 @@ Memory: `peak_mb` is the rise of the allocator's peak over a step with the gradi
 
 Without CUDA, Triton timings would mean nothing: the script says so, times the eager reference
 against the chunked torch paths at small sizes on the CPU, writes <out>/cpu.json and exits 0.
+`--dry-run` instead runs the CUDA sweep's own code on the CPU (Triton under TRITON_INTERPRET=1,
+float32, B=4, tiny sizes, about a minute): every file the GPU run writes, none of its meaning. It
+is how the sweep is tested before a GPU lease is spent on it (tests/kernels/test_bench_targets.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -39,6 +43,10 @@ from xmtc.ops_reference import (  # noqa: E402
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DEVICE = ["cuda"]
+"""Where the sweep's tensors live: "cpu" only for --dry-run (Triton under TRITON_INTERPRET=1)."""
+ROWS = [64]
+"""Batch rows of the softmax and loss ops (the size names say B=64); --dry-run uses 4."""
 
 
 # ----------------------------------------------------------------------------- op definitions
@@ -51,30 +59,30 @@ def _leaf(t):
 
 
 def _make_pool(batch, dtype):
-    x = _leaf(torch.randn(batch, 128, 498, device="cuda", dtype=dtype))
-    bias = _leaf(torch.randn(128, device="cuda", dtype=dtype))
+    x = _leaf(torch.randn(batch, 128, 498, device=DEVICE[0], dtype=dtype))
+    bias = _leaf(torch.randn(128, device=DEVICE[0], dtype=dtype))
     return (x, bias, 8), [x, bias]
 
 
 def _make_softmax(labels, dtype):
-    logits = _leaf(torch.randn(64, labels, device="cuda", dtype=dtype))
-    emitted = torch.randint(0, labels, (64, 30), device="cuda")
+    logits = _leaf(torch.randn(ROWS[0], labels, device=DEVICE[0], dtype=dtype))
+    emitted = torch.randint(0, labels, (ROWS[0], 30), device=DEVICE[0])
     return (logits, emitted, True), [logits]
 
 
 def _make_weighted_sum(labels, dtype):
-    logits = _leaf(torch.randn(64, labels, device="cuda", dtype=dtype))
-    table = _leaf(torch.randn(labels, 256, device="cuda", dtype=dtype) / 16)
-    emitted = torch.randint(0, labels, (64, 30), device="cuda")
+    logits = _leaf(torch.randn(ROWS[0], labels, device=DEVICE[0], dtype=dtype))
+    table = _leaf(torch.randn(labels, 256, device=DEVICE[0], dtype=dtype) / 16)
+    emitted = torch.randint(0, labels, (ROWS[0], 30), device=DEVICE[0])
     return (logits, emitted, table), [logits, table]
 
 
 def _make_bce(labels, dtype):
-    features = _leaf(torch.randn(64, 512, device="cuda", dtype=dtype))
-    weight = _leaf(torch.randn(labels, 512, device="cuda", dtype=dtype) / 512**0.5)
-    bias = _leaf(torch.zeros(labels, device="cuda", dtype=dtype))
-    target_idx = torch.randint(0, labels, (64 * 5,), device="cuda")
-    target_offsets = torch.arange(0, 64 * 5 + 1, 5, device="cuda")
+    features = _leaf(torch.randn(ROWS[0], 512, device=DEVICE[0], dtype=dtype))
+    weight = _leaf(torch.randn(labels, 512, device=DEVICE[0], dtype=dtype) / 512**0.5)
+    bias = _leaf(torch.zeros(labels, device=DEVICE[0], dtype=dtype))
+    target_idx = torch.randint(0, labels, (ROWS[0] * 5,), device=DEVICE[0])
+    target_offsets = torch.arange(0, ROWS[0] * 5 + 1, 5, device=DEVICE[0])
     return (features, weight, bias, target_idx, target_offsets), [features, weight, bias]
 
 
@@ -84,25 +92,28 @@ def _e_bar_only(fn):
 
 OPS = {
     "dynamic_max_pool": dict(
-        sizes=[32, 128, 512, 2048], size_name="batch (C=128, T=498, p=8)", make=_make_pool,
+        sizes=[32, 128, 512, 2048], dry_sizes=[1], size_name="batch (C=128, T=498, p=8)", make=_make_pool,
         eager=dynamic_max_pool_reference, op=ops.dynamic_max_pool,
         bytes=lambda b, e: 2 * b * 128 * 498 * e + b * 128 * 8 * (2 * e + 8), flops=None,
     ),
     "masked_softmax": dict(
-        sizes=[16_384, 65_536, 262_144, 670_091], size_name="labels (B=64, T=30, log)", make=_make_softmax,
+        sizes=[16_384, 65_536, 262_144, 670_091], dry_sizes=[100, 200], size_name="labels (B=64, T=30, log)",
+        make=_make_softmax,
         eager=masked_softmax_reference, op=ops.masked_softmax,
-        bytes=lambda n, e: 7 * 64 * n * e, flops=None,
+        bytes=lambda n, e: 7 * ROWS[0] * n * e, flops=None,
     ),
     "masked_softmax_weighted_sum": dict(
-        sizes=[16_384, 65_536, 262_144, 670_091], size_name="labels (B=64, T=30, D=256)", make=_make_weighted_sum,
+        sizes=[16_384, 65_536, 262_144, 670_091], dry_sizes=[64, 128], size_name="labels (B=64, T=30, D=256)",
+        make=_make_weighted_sum,
         eager=_e_bar_only(masked_softmax_weighted_sum_reference),
         op=_e_bar_only(lambda *a: ops.masked_softmax_weighted_sum(*a, return_probs=False)),
-        bytes=lambda n, e: 5 * 64 * n * e + 3 * n * 256 * e, flops=lambda n: 6 * 64 * n * 256,
+        bytes=lambda n, e: 5 * ROWS[0] * n * e + 3 * n * 256 * e, flops=lambda n: 6 * ROWS[0] * n * 256,
     ),
     "fused_linear_bce": dict(
-        sizes=[16_384, 65_536, 262_144, 670_091], size_name="labels (B=64, H=512)", make=_make_bce,
+        sizes=[16_384, 65_536, 262_144, 670_091], dry_sizes=[100, 200], size_name="labels (B=64, H=512)",
+        make=_make_bce,
         eager=linear_bce_reference, op=ops.fused_linear_bce,
-        bytes=lambda n, e: 2 * n * 512 * e, flops=lambda n: 6 * 64 * n * 512,
+        bytes=lambda n, e: 2 * n * 512 * e, flops=lambda n: 6 * ROWS[0] * n * 512,
     ),
 }
 
@@ -131,8 +142,24 @@ def _providers(spec):
     return providers
 
 
-def _time_cuda(fn, args, leaves):
-    from triton.testing import do_bench
+def _bench(fn, leaves=None, warmup=10, rep=50, cpu_calls=1):
+    """Median milliseconds of fn(): triton's do_bench on CUDA; on the CPU (--dry-run) the median of cpu_calls."""
+    if DEVICE[0] == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=warmup, rep=rep, grad_to_none=leaves, return_mode="median")
+    times = []
+    for _ in range(cpu_calls):
+        for t in leaves or ():
+            t.grad = None
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _time_op(fn, args, leaves):
+    """(median ms, peak MB, scratch MB) of a forward + backward; the memory is None off CUDA."""
 
     def step():
         out = fn(*args)
@@ -141,15 +168,16 @@ def _time_cuda(fn, args, leaves):
     step()  # compile / autotune outside the timing
     for t in leaves:  # as a training step sees them: zero_grad(set_to_none=True)
         t.grad = None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
-    grad_mb = sum(t.numel() * t.element_size() for t in leaves) / 2**20
-    ms = do_bench(step, warmup=10, rep=50, grad_to_none=leaves, return_mode="median")
-    return ms, peak_mb, peak_mb - grad_mb
+    peak_mb = scratch_mb = None
+    if DEVICE[0] == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+        scratch_mb = peak_mb - sum(t.numel() * t.element_size() for t in leaves) / 2**20
+    return _bench(step, leaves), peak_mb, scratch_mb
 
 
 def measure_limits(dtype):
@@ -159,18 +187,18 @@ def measure_limits(dtype):
     memory-bound kernel's GB/s counts); matmul_tflop_per_s: an 8192^3 product in `dtype` on random
     data (zeros run faster on Hopper and would flatter the ratio).
     """
-    from triton.testing import do_bench
-
-    src = torch.empty(2**30 // 2, device="cuda", dtype=torch.bfloat16).normal_()
+    cuda = DEVICE[0] == "cuda"
+    nbytes, n = (2**30, 8192) if cuda else (2**26, 1024)  # --dry-run: CPU-sized
+    src = torch.empty(nbytes // 2, device=DEVICE[0], dtype=torch.bfloat16).normal_()
     dst = torch.empty_like(src)
-    copy_ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=100, return_mode="median")
+    copy_ms = _bench(lambda: dst.copy_(src), warmup=25, rep=100, cpu_calls=3)
     del src, dst
-    n = 8192
-    a, b = (torch.randn(n, n, device="cuda", dtype=dtype) for _ in range(2))
-    mm_ms = do_bench(lambda: a @ b, warmup=25, rep=100, return_mode="median")
+    a, b = (torch.randn(n, n, device=DEVICE[0], dtype=dtype) for _ in range(2))
+    mm_ms = _bench(lambda: a @ b, warmup=25, rep=100, cpu_calls=3)
     del a, b
-    torch.cuda.empty_cache()
-    return dict(copy_gb_per_s=2 * 2**30 / copy_ms / 1e6, matmul_tflop_per_s=2 * n**3 / mm_ms / 1e9,
+    if cuda:
+        torch.cuda.empty_cache()
+    return dict(copy_gb_per_s=2 * nbytes / copy_ms / 1e6, matmul_tflop_per_s=2 * n**3 / mm_ms / 1e9,
                 matmul_dtype=str(dtype).replace("torch.", ""))
 
 
@@ -203,7 +231,8 @@ def check_targets(rows, limits):
                 value = triton["tflop_per_s"] / limits["matmul_tflop_per_s"]
             elif name == "speedup_vs_eager" and triton and eager:
                 value = eager["ms"] / triton["ms"]
-            elif name == "memory_vs_eager" and triton and eager and eager["scratch_mb"] > 0:
+            elif name == "memory_vs_eager" and triton and eager and (eager.get("scratch_mb") or 0) > 0 \
+                    and triton.get("scratch_mb") is not None:
                 # Beyond the inputs and the gradients every path must return (the L x H weight
                 # gradient alone is 0.65 GiB at 670K labels in bf16): the logits and their kin.
                 value = max(triton["scratch_mb"], 0.0) / eager["scratch_mb"]
@@ -212,7 +241,11 @@ def check_targets(rows, limits):
     return checks
 
 
-def run_cuda(names, dtype, out_dir):
+def _device_name():
+    return torch.cuda.get_device_name() if DEVICE[0] == "cuda" else "cpu (--dry-run: TRITON_INTERPRET=1, tiny sizes)"
+
+
+def run_cuda(names, dtype, out_dir, dry_run=False):
     limits = measure_limits(dtype)
     print(f"limits: copy {limits['copy_gb_per_s']:.0f} GB/s (read + write), "
           f"{limits['matmul_dtype']} matmul {limits['matmul_tflop_per_s']:.0f} TFLOP/s", flush=True)
@@ -221,12 +254,12 @@ def run_cuda(names, dtype, out_dir):
     for name in names:
         spec = OPS[name]
         op_rows = []
-        for size in spec["sizes"]:
+        for size in spec["dry_sizes" if dry_run else "sizes"]:
             args, leaves = spec["make"](size, dtype)
             for provider, fn in _providers(spec).items():
                 row = dict(op=name, size=size, provider=provider, dtype=str(dtype).replace("torch.", ""))
                 try:
-                    ms, peak_mb, scratch_mb = _time_cuda(fn, args, leaves)
+                    ms, peak_mb, scratch_mb = _time_op(fn, args, leaves)
                 except Exception as err:  # one provider failing (OOM, compile) must not end the sweep
                     row.update(ms=None, error=f"{type(err).__name__}: {err}"[:200])
                 else:
@@ -238,8 +271,9 @@ def run_cuda(names, dtype, out_dir):
                 op_rows.append(row)
                 _print_row(row)
             del args, leaves
-            torch.cuda.empty_cache()
-        _write(out_dir, name, dict(device=torch.cuda.get_device_name(), size_name=spec["size_name"], limits=limits,
+            if not dry_run:
+                torch.cuda.empty_cache()
+        _write(out_dir, name, dict(device=_device_name(), size_name=spec["size_name"], limits=limits,
                                    rows=op_rows))
         _plot(out_dir, name, spec["size_name"], op_rows)
         rows += op_rows
@@ -248,7 +282,7 @@ def run_cuda(names, dtype, out_dir):
         value = "n/a" if c["value"] is None else f"{c['value']:.3f}"
         verdict = {True: "met", False: "MISSED", None: "not measured"}[c["met"]]
         print(f"target {c['op']} {c['check']} at {c['size']}: {value} (target {c['target']}) {verdict}")
-    _write(out_dir, "summary", dict(device=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d"),
+    _write(out_dir, "summary", dict(device=_device_name(), date=time.strftime("%Y-%m-%d"),
                                     torch=torch.__version__, limits=limits, checks=checks))
     return rows
 
@@ -299,7 +333,9 @@ def _print_row(row):
         return
     extra = ""
     if "gb_per_s" in row:
-        extra = f" {row['gb_per_s']:>9.1f} GB/s {row['peak_mb']:>9.1f} MB"
+        extra = f" {row['gb_per_s']:>9.1f} GB/s"
+        if row.get("peak_mb") is not None:
+            extra += f" {row['peak_mb']:>9.1f} MB"
     if "tflop_per_s" in row:
         extra += f" {row['tflop_per_s']:>7.1f} TFLOP/s"
     print(f"{row['op']:<28} {row['size']:>9} {row['provider']:<14} {row['ms']:>10.3f} ms{extra}", flush=True)
@@ -334,8 +370,17 @@ def main(argv=None):
     parser.add_argument("--ops", nargs="+", choices=sorted(OPS), default=list(OPS), help="ops to benchmark")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="input dtype on CUDA")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_kernels"), help="folder for JSON and PNG")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="the CUDA sweep's code on the CPU: Triton interpreted, tiny sizes, float32 (a check, not a timing)")
     args = parser.parse_args(argv)
     print(f"{'op':<28} {'size':>9} {'provider':<14} {'time':>13}")
+    if args.dry_run:
+        if any(name.startswith("kernels.") for name in sys.modules) and os.environ.get("TRITON_INTERPRET") != "1":
+            raise SystemExit("--dry-run sets TRITON_INTERPRET=1, which must happen before kernels/ is imported")
+        os.environ["TRITON_INTERPRET"] = "1"
+        DEVICE[0], ROWS[0] = "cpu", 4
+        run_cuda(args.ops, torch.float32, args.out, dry_run=True)
+        return 0
     if not torch.cuda.is_available():
         print("No CUDA device: Triton timings need one. CPU comparison of eager vs chunked torch only.")
         run_cpu(args.out)

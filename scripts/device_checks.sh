@@ -55,7 +55,8 @@ stage() {  # stage NAME CAP_S COMMAND...: run under min(cap, time left); log to 
 
 if [ "$SMOKE" = 1 ]; then
     # The same stages at CPU sizes: checks the arguments and the collection, not the GPU.
-    tests=(tests/kernels/test_ops_dispatch.py tests/kernels/test_bench_targets.py)
+    tests=(-m "not slow" tests/kernels/test_ops_dispatch.py tests/kernels/test_bench_targets.py)
+    bench=(--dry-run --ops dynamic_max_pool masked_softmax)
     output_layer=(--device cpu --cases plain,fused --labels 20000 --steps 1)
     memory=(--config debug_xml_cnn --device cpu --steps 2)
     e2e=(--config debug_xml_cnn --train.max_steps 4)
@@ -63,6 +64,7 @@ if [ "$SMOKE" = 1 ]; then
     launcher_gpus=1
 else
     tests=(tests/kernels)
+    bench=()
     output_layer=(--device cuda --cases plain,fused)
     memory=(--config xml_cnn_670k --snapshot "$R/memory_snapshot.pickle")
     e2e=(--config xml_cnn_670k --train.max_steps "$E2E_STEPS" --train.precision bf16)
@@ -74,7 +76,7 @@ stage env 60 bash -c "nvidia-smi || true; $PY -c 'import torch, triton, deepspee
 print(platform.python_version(), \"torch\", torch.__version__, \"triton\", triton.__version__, \"deepspeed\", deepspeed.__version__); \
 print(torch.cuda.get_device_name() if torch.cuda.is_available() else \"no CUDA device\")'"
 stage kernel_tests 150 "$PY" -m pytest -q -p no:cacheprovider --timeout 120 -rs "${tests[@]}"
-stage bench_kernels 150 "$PY" scripts/bench_kernels.py --out "$R/bench_kernels"
+stage bench_kernels 150 "$PY" scripts/bench_kernels.py "${bench[@]}" --out "$R/bench_kernels"
 stage output_layer 60 "$PY" tests/benchmarks/bench_output_layer.py "${output_layer[@]}" --json "$R/output_layer.json"
 stage memory 90 "$PY" -m xmtc.memory "${memory[@]}" --measure --json "$R/memory.json" --plot "$R/memory.png"
 for backend in "${backends[@]}"; do

@@ -41,6 +41,6 @@ def test_device_checks_smoke(tmp_path):
     for stage in STAGES:
         assert f"device_checks/{stage}.log" in names
     assert {"device_checks/memory.json", "device_checks/memory.png", "device_checks/output_layer.json",
-            "device_checks/bench_kernels/cpu.json"} <= names
+            "device_checks/bench_kernels/masked_softmax.json", "device_checks/bench_kernels/summary.json"} <= names
     assert not any("/checkpoints" in n for n in names), "checkpoints must not travel back"
     assert final["step"] == 4 and final["num_docs"] > 0
