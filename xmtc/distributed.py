@@ -111,7 +111,7 @@ def setup(parallel: ParallelConfig, device: str = "auto", local_rank_arg: int | 
                 rank=0 if alone else -1,
                 world_size=1 if alone else -1,
             )
-    if backend == "gloo" and dist.get_world_size() > 1:
+    if backend == "gloo":  # one launched process gets a workspace too
         release_shm_workspace(dist.get_rank())
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend)
 
