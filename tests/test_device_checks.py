@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("env", "kernel_tests", "bench_kernels", "output_layer", "memory", "e2e_torch", "e2e_auto")
+STAGES = ("env", "kernel_gpu", "bench_kernels", "output_layer", "memory", "e2e_torch", "e2e_auto", "kernel_tests")
 
 
 @pytest.mark.slow
