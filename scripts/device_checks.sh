@@ -15,6 +15,7 @@
 #   e2e_triton     xml_cnn_670k (synthetic, bf16) trained E2E_STEPS steps with model.kernels triton ...
 #   e2e_torch      ... and with torch: samples/s and peak memory side by side
 #   kernel_tests   the rest of tests/kernels (CI runs them interpreted), compiled for the GPU
+#   memory_bench   tests/benchmarks/bench_memory.py on the GPU: one JSON record per config x ZeRO stage
 # Expected on an H200 (estimates, no run yet): about 6 minutes of stages, plus the machine's start.
 # Output: $OUT/summary.txt (a line per stage and the headline numbers) and $OUT/device_checks.tar.gz
 # (every log, JSON and PNG; no checkpoints). In the checkout only the ignored .cache/ is written
@@ -63,7 +64,8 @@ if [ "$SMOKE" = 1 ]; then
     memory=(--config debug_xml_cnn --device cpu --steps 2)
     e2e=(--config debug_xml_cnn --train.max_steps 4)
     backends=(torch auto)
-    launcher_gpus=1
+    memory_bench=(-k "debug_xml_cnn-0-1-1")
+
 else
     gpu_tests=(-m gpu tests/kernels)
     tests=(-m "not gpu and not slow" tests/kernels)
@@ -72,7 +74,8 @@ else
     memory=(--config xml_cnn_670k --snapshot "$R/memory_snapshot.pickle")
     e2e=(--config xml_cnn_670k --train.max_steps "$E2E_STEPS" --train.precision bf16)
     backends=(triton torch)
-    launcher_gpus=1
+    memory_bench=()
+
 fi
 
 stage env 60 bash -c "nvidia-smi || true; $PY -c 'import torch, triton, deepspeed, platform; \
@@ -83,11 +86,13 @@ stage bench_kernels 150 "$PY" scripts/bench_kernels.py "${bench[@]}" --out "$R/b
 stage output_layer 60 "$PY" tests/benchmarks/bench_output_layer.py "${output_layer[@]}" --json "$R/output_layer.json"
 stage memory 90 "$PY" -m xmtc.memory "${memory[@]}" --measure --json "$R/memory.json" --plot "$R/memory.png"
 for backend in "${backends[@]}"; do
-    stage "e2e_$backend" 120 "$PY" -m deepspeed.launcher.runner --num_gpus "$launcher_gpus" \
+    stage "e2e_$backend" 120 "$PY" -m deepspeed.launcher.runner --num_gpus 1 \
         --master_port $(( 29500 + RANDOM % 1000 )) launch/train.py "${e2e[@]}" --model.kernels "$backend" \
         --train.output_dir "$R/e2e_$backend" --train.progress false --train.log_every 10
 done
 stage kernel_tests 120 "$PY" -m pytest -q -p no:cacheprovider --timeout 100 -rs "${tests[@]}"
+XMTC_MEMORY_BENCH_DIR="$R/memory_bench" XMTC_MEMORY_BENCH_RANKS=1 stage memory_bench 150 "$PY" -m pytest -q \
+    -p no:cacheprovider tests/benchmarks/bench_memory.py --benchmark-only "${memory_bench[@]}"
 
 "$PY" - "$R" <<'EOF' >"$R/headline.txt" 2>&1
 import json, sys

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("env", "kernel_gpu", "bench_kernels", "output_layer", "memory", "e2e_torch", "e2e_auto", "kernel_tests")
+STAGES = ("env", "kernel_gpu", "bench_kernels", "output_layer", "memory", "e2e_torch", "e2e_auto", "kernel_tests",
+          "memory_bench")
 
 
 @pytest.mark.slow
@@ -46,6 +47,7 @@ def test_device_checks_smoke(tmp_path):
     for stage in STAGES:
         assert f"device_checks/{stage}.log" in names
     assert {"device_checks/memory.json", "device_checks/memory.png", "device_checks/output_layer.json",
-            "device_checks/bench_kernels/masked_softmax.json", "device_checks/bench_kernels/summary.json"} <= names
+            "device_checks/bench_kernels/masked_softmax.json", "device_checks/bench_kernels/summary.json",
+            "device_checks/memory_bench/debug_xml_cnn-zero0-n1.json"} <= names
     assert not any("/checkpoints" in n for n in names), "checkpoints must not travel back"
     assert final["step"] == 4 and final["num_docs"] > 0
