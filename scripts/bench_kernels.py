@@ -43,9 +43,9 @@ from xmtc.ops_reference import (  # noqa: E402
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-DEVICE = ["cuda"]
+DEVICE = "cuda"
 """Where the sweep's tensors live: "cpu" only for --dry-run (Triton under TRITON_INTERPRET=1)."""
-ROWS = [64]
+ROWS = 64
 """Batch rows of the softmax and loss ops (the size names say B=64); --dry-run uses 4."""
 
 
@@ -59,30 +59,30 @@ def _leaf(t):
 
 
 def _make_pool(batch, dtype):
-    x = _leaf(torch.randn(batch, 128, 498, device=DEVICE[0], dtype=dtype))
-    bias = _leaf(torch.randn(128, device=DEVICE[0], dtype=dtype))
+    x = _leaf(torch.randn(batch, 128, 498, device=DEVICE, dtype=dtype))
+    bias = _leaf(torch.randn(128, device=DEVICE, dtype=dtype))
     return (x, bias, 8), [x, bias]
 
 
 def _make_softmax(labels, dtype):
-    logits = _leaf(torch.randn(ROWS[0], labels, device=DEVICE[0], dtype=dtype))
-    emitted = torch.randint(0, labels, (ROWS[0], 30), device=DEVICE[0])
+    logits = _leaf(torch.randn(ROWS, labels, device=DEVICE, dtype=dtype))
+    emitted = torch.randint(0, labels, (ROWS, 30), device=DEVICE)
     return (logits, emitted, True), [logits]
 
 
 def _make_weighted_sum(labels, dtype):
-    logits = _leaf(torch.randn(ROWS[0], labels, device=DEVICE[0], dtype=dtype))
-    table = _leaf(torch.randn(labels, 256, device=DEVICE[0], dtype=dtype) / 16)
-    emitted = torch.randint(0, labels, (ROWS[0], 30), device=DEVICE[0])
+    logits = _leaf(torch.randn(ROWS, labels, device=DEVICE, dtype=dtype))
+    table = _leaf(torch.randn(labels, 256, device=DEVICE, dtype=dtype) / 16)
+    emitted = torch.randint(0, labels, (ROWS, 30), device=DEVICE)
     return (logits, emitted, table), [logits, table]
 
 
 def _make_bce(labels, dtype):
-    features = _leaf(torch.randn(ROWS[0], 512, device=DEVICE[0], dtype=dtype))
-    weight = _leaf(torch.randn(labels, 512, device=DEVICE[0], dtype=dtype) / 512**0.5)
-    bias = _leaf(torch.zeros(labels, device=DEVICE[0], dtype=dtype))
-    target_idx = torch.randint(0, labels, (ROWS[0] * 5,), device=DEVICE[0])
-    target_offsets = torch.arange(0, ROWS[0] * 5 + 1, 5, device=DEVICE[0])
+    features = _leaf(torch.randn(ROWS, 512, device=DEVICE, dtype=dtype))
+    weight = _leaf(torch.randn(labels, 512, device=DEVICE, dtype=dtype) / 512**0.5)
+    bias = _leaf(torch.zeros(labels, device=DEVICE, dtype=dtype))
+    target_idx = torch.randint(0, labels, (ROWS * 5,), device=DEVICE)
+    target_offsets = torch.arange(0, ROWS * 5 + 1, 5, device=DEVICE)
     return (features, weight, bias, target_idx, target_offsets), [features, weight, bias]
 
 
@@ -100,20 +100,20 @@ OPS = {
         sizes=[16_384, 65_536, 262_144, 670_091], dry_sizes=[100, 200], size_name="labels (B=64, T=30, log)",
         make=_make_softmax,
         eager=masked_softmax_reference, op=ops.masked_softmax,
-        bytes=lambda n, e: 7 * ROWS[0] * n * e, flops=None,
+        bytes=lambda n, e: 7 * ROWS * n * e, flops=None,
     ),
     "masked_softmax_weighted_sum": dict(
         sizes=[16_384, 65_536, 262_144, 670_091], dry_sizes=[64, 128], size_name="labels (B=64, T=30, D=256)",
         make=_make_weighted_sum,
         eager=_e_bar_only(masked_softmax_weighted_sum_reference),
         op=_e_bar_only(lambda *a: ops.masked_softmax_weighted_sum(*a, return_probs=False)),
-        bytes=lambda n, e: 5 * ROWS[0] * n * e + 3 * n * 256 * e, flops=lambda n: 6 * ROWS[0] * n * 256,
+        bytes=lambda n, e: 5 * ROWS * n * e + 3 * n * 256 * e, flops=lambda n: 6 * ROWS * n * 256,
     ),
     "fused_linear_bce": dict(
         sizes=[16_384, 65_536, 262_144, 670_091], dry_sizes=[100, 200], size_name="labels (B=64, H=512)",
         make=_make_bce,
         eager=linear_bce_reference, op=ops.fused_linear_bce,
-        bytes=lambda n, e: 2 * n * 512 * e, flops=lambda n: 6 * ROWS[0] * n * 512,
+        bytes=lambda n, e: 2 * n * 512 * e, flops=lambda n: 6 * ROWS * n * 512,
     ),
 }
 
@@ -144,7 +144,7 @@ def _providers(spec):
 
 def _bench(fn, leaves=None, warmup=10, rep=50, cpu_calls=1):
     """Median milliseconds of fn(): triton's do_bench on CUDA; on the CPU (--dry-run) the median of cpu_calls."""
-    if DEVICE[0] == "cuda":
+    if DEVICE == "cuda":
         from triton.testing import do_bench
 
         return do_bench(fn, warmup=warmup, rep=rep, grad_to_none=leaves, return_mode="median")
@@ -169,7 +169,7 @@ def _time_op(fn, args, leaves):
     for t in leaves:  # as a training step sees them: zero_grad(set_to_none=True)
         t.grad = None
     peak_mb = scratch_mb = None
-    if DEVICE[0] == "cuda":
+    if DEVICE == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -187,13 +187,13 @@ def measure_limits(dtype):
     memory-bound kernel's GB/s counts); matmul_tflop_per_s: an 8192^3 product in `dtype` on random
     data (zeros run faster on Hopper and would flatter the ratio).
     """
-    cuda = DEVICE[0] == "cuda"
+    cuda = DEVICE == "cuda"
     nbytes, n = (2**30, 8192) if cuda else (2**26, 1024)  # --dry-run: CPU-sized
-    src = torch.empty(nbytes // 2, device=DEVICE[0], dtype=torch.bfloat16).normal_()
+    src = torch.empty(nbytes // 2, device=DEVICE, dtype=torch.bfloat16).normal_()
     dst = torch.empty_like(src)
     copy_ms = _bench(lambda: dst.copy_(src), warmup=25, rep=100, cpu_calls=3)
     del src, dst
-    a, b = (torch.randn(n, n, device=DEVICE[0], dtype=dtype) for _ in range(2))
+    a, b = (torch.randn(n, n, device=DEVICE, dtype=dtype) for _ in range(2))
     mm_ms = _bench(lambda: a @ b, warmup=25, rep=100, cpu_calls=3)
     del a, b
     if cuda:
@@ -242,7 +242,7 @@ def check_targets(rows, limits):
 
 
 def _device_name():
-    return torch.cuda.get_device_name() if DEVICE[0] == "cuda" else "cpu (--dry-run: TRITON_INTERPRET=1, tiny sizes)"
+    return torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (--dry-run: TRITON_INTERPRET=1, tiny sizes)"
 
 
 def run_cuda(names, dtype, out_dir, dry_run=False):
@@ -366,6 +366,7 @@ def _plot(out_dir, name, size_name, rows):
 
 
 def main(argv=None):
+    global DEVICE, ROWS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ops", nargs="+", choices=sorted(OPS), default=list(OPS), help="ops to benchmark")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="input dtype on CUDA")
@@ -378,7 +379,7 @@ def main(argv=None):
         if any(name.startswith("kernels.") for name in sys.modules) and os.environ.get("TRITON_INTERPRET") != "1":
             raise SystemExit("--dry-run sets TRITON_INTERPRET=1, which must happen before kernels/ is imported")
         os.environ["TRITON_INTERPRET"] = "1"
-        DEVICE[0], ROWS[0] = "cpu", 4
+        DEVICE, ROWS = "cpu", 4
         run_cuda(args.ops, torch.float32, args.out, dry_run=True)
         return 0
     if not torch.cuda.is_available():

@@ -24,13 +24,17 @@ def test_device_checks_smoke(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, SMOKE="1", PY=sys.executable, OUT=str(out), DEADLINE_S="400")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
-    shm = Path("/dev/shm")
-    before = set(shm.glob("deepspeed_allreduce_buffer_*")) if shm.is_dir() else set()
+    from xmtc.distributed import SHM_DIR, SHM_PREFIX
+
+    def workspaces():
+        return set(SHM_DIR.glob(f"{SHM_PREFIX}_*")) if SHM_DIR.is_dir() else set()
+
+    before = workspaces()
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "device_checks.sh")], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # DeepSpeed's CPU allreduce makes a 69 MB workspace even for a lone launched rank: the trainer unlinks it.
-    leaked = (set(shm.glob("deepspeed_allreduce_buffer_*")) if shm.is_dir() else set()) - before
+    leaked = workspaces() - before
     assert not leaked, f"left in /dev/shm: {sorted(map(str, leaked))}"
     summary = (out / "summary.txt").read_text()
     for stage in STAGES:
