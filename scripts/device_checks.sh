@@ -103,13 +103,11 @@ def load(p):
         return json.loads(p.read_text())
     except (OSError, ValueError):
         return None
-s = load(r / "bench_kernels" / "summary.json")
-if s:
-    l = s["limits"]
-    print(f"limits on {s['device']}: copy {l['copy_gb_per_s']:.0f} GB/s, {l['matmul_dtype']} matmul {l['matmul_tflop_per_s']:.0f} TFLOP/s")
-    for c in s["checks"]:
-        v = "n/a" if c["value"] is None else f"{c['value']:.3f}"
-        print(f"  {c['op']} {c['check']} @ {c['size']}: {v} (target {c['target']}) {dict([(True, 'met'), (False, 'MISSED'), (None, 'not measured')])[c['met']]}")
+try:  # bench_kernels.py prints its limits and its verdicts on issue 5's targets itself
+    print(*[line for line in (r / "bench_kernels.log").read_text().splitlines()
+            if line.startswith(("limits:", "target "))], sep="\n")
+except OSError:
+    print("bench_kernels: no log")
 o = load(r / "output_layer.json")
 for row in (o or {}).get("rows", []):
     print(f"output layer {row['case']}: {row['samples_per_s']:.0f} samples/s, {row['tflops']:.1f} TFLOP/s, peak {row['peak_gb']:.2f} GiB")
