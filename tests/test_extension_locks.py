@@ -43,3 +43,31 @@ def test_a_process_waiting_on_a_dead_holders_lock_goes_on(tmp_path, monkeypatch)
         waiter.join(timeout=10)
     assert not waiter.is_alive() and time.monotonic() - started < 5
     assert not lock.exists()
+
+
+def test_the_watch_thread_imports_nothing(tmp_path):
+    """The thread runs beside the main thread's imports of DeepSpeed's op builders; an import in it
+    (torch.utils.cpp_extension pulls in setuptools and its distutils finder) once deadlocked a rank
+    for good in CI. A fresh interpreter logs which thread asks the import system for what."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import os, sys, threading, time
+        os.environ["TORCH_EXTENSIONS_DIR"] = {str(tmp_path)!r}
+        import xmtc.distributed as d
+        assert "torch.utils.cpp_extension" not in sys.modules, "imported too early to tell"
+        seen = []
+        class Log:
+            def find_spec(self, name, path=None, target=None):
+                seen.append((threading.current_thread().name, name))
+                return None
+        sys.meta_path.insert(0, Log())
+        with d.stale_extension_locks_cleared(poll_s=0.05):
+            time.sleep(0.5)
+        print(sorted({{n for t, n in seen if t == "xmtc-extension-locks"}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]", f"the watch thread imported: {proc.stdout.strip()}"

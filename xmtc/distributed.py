@@ -120,18 +120,19 @@ EXTENSION_LOCK_STALE_S = 300.0
 """A torch-extension build lock older than this was left by a killed process: DeepSpeed's CPU op builds in about a minute."""
 
 
-def _extension_locks() -> list[Path]:
+def _extension_root() -> Path:
     from torch.utils.cpp_extension import get_default_build_root
 
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
-    return [*root.glob("*/lock"), *root.glob("*/*/lock")]
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
 
 
-def remove_stale_extension_locks(stale_after_s: float = EXTENSION_LOCK_STALE_S) -> list[Path]:
-    """Remove torch-extension build locks older than `stale_after_s`; returns the ones removed."""
+def remove_stale_extension_locks(stale_after_s: float = EXTENSION_LOCK_STALE_S, root: Path | None = None) -> list[Path]:
+    """Remove torch-extension build locks older than `stale_after_s` under `root` (default: torch's
+    extensions dir); returns the ones removed."""
+    root = _extension_root() if root is None else root
     removed = []
     now = time.time()
-    for lock in _extension_locks():
+    for lock in [*root.glob("*/lock"), *root.glob("*/*/lock")]:
         try:
             if now - lock.stat().st_mtime > stale_after_s:
                 lock.unlink()
@@ -155,10 +156,15 @@ def stale_extension_locks_cleared(stale_after_s: float = EXTENSION_LOCK_STALE_S,
     process already waiting goes on once the thread removes it.
     """
     stop = threading.Event()
+    # Resolved here, not in the thread: the first import of torch.utils.cpp_extension pulls in
+    # setuptools, and importing it in the thread while the main thread imports DeepSpeed's op
+    # builders (which import distutils through setuptools' _distutils_hack finder, holding the
+    # global import lock) deadlocked a rank for good (seen once in CI: both threads in importlib).
+    root = _extension_root()
 
-    def watch() -> None:
+    def watch() -> None:  # filesystem calls only: no imports in this thread
         while True:
-            remove_stale_extension_locks(stale_after_s)
+            remove_stale_extension_locks(stale_after_s, root)
             if stop.wait(poll_s):
                 return
 
