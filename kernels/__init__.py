@@ -25,3 +25,28 @@ def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 2
     return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+class GradientsInForward(torch.autograd.Function):
+    """Base of the fused losses that compute their input gradients during the forward, chunk by
+    chunk (so no B x L logits are ever kept): `keep` stores them, the backward only scales them.
+
+    Subclasses' forward takes (features, weight, bias, pos_label, pos_row, chunk_size, criterion).
+    """
+
+    @staticmethod
+    def keep(ctx, features, grad_features, grad_weight, grad_bias):
+        ctx.grads = (
+            None if grad_features is None else grad_features.to(features.dtype),
+            grad_weight,
+            grad_bias,
+        )
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if ctx.grads is None:
+            raise RuntimeError("fused_linear_bce: backward ran twice; its gradients are consumed by the first.")
+        # Scaling in place keeps the backward free of another [L, H] allocation.
+        grads = tuple(None if g is None else g.mul_(grad_output.to(g.dtype)) for g in ctx.grads)
+        ctx.grads = None
+        return grads + (None, None, None, None)

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import interpreting, num_sms
+from kernels import GradientsInForward, interpreting, num_sms
 
 
 def _bce_configs():
@@ -135,7 +135,7 @@ def _add_grad_features(grad_features, dz, weight, chunk_start, n, precision):
     grad_features += parts.sum(dim=0)
 
 
-class LinearBCETritonFunction(torch.autograd.Function):
+class LinearBCETritonFunction(GradientsInForward):
     """Sum of BCE-with-logits over B x L, gradients computed chunk by chunk in the forward.
 
     pos_label/pos_row: the shard's positive (label, row) pairs, local, deduplicated and sorted
@@ -182,17 +182,5 @@ class LinearBCETritonFunction(torch.autograd.Function):
                 grad_bias[start:stop] = dz_chunk.sum(dim=0, dtype=torch.float32)
             if grad_features is not None:
                 _add_grad_features(grad_features, dz, weight, start, n, precision)
-        ctx.grads = (
-            None if grad_features is None else grad_features.to(features.dtype),
-            grad_weight,
-            grad_bias,
-        )
+        GradientsInForward.keep(ctx, features, grad_features, grad_weight, grad_bias)
         return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        if ctx.grads is None:
-            raise RuntimeError("fused_linear_bce: backward ran twice; its gradients are consumed by the first.")
-        grads = tuple(None if g is None else g.mul_(grad_output.to(g.dtype)) for g in ctx.grads)
-        ctx.grads = None
-        return grads + (None, None, None, None)

@@ -18,7 +18,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from kernels import interpreting
+from kernels import GradientsInForward, interpreting
 from xmtc.ops_reference import (
     CRITERIA,
     dynamic_max_pool_reference,
@@ -223,7 +223,7 @@ def sparse_positives(target_idx, target_offsets, num_labels, label_offset=0):
     return keys // batch, keys % batch
 
 
-class LinearBCEChunkedFunction(torch.autograd.Function):
+class LinearBCEChunkedFunction(GradientsInForward):
     """Sum of BCE-with-logits (or the squared hinge) over features @ weight.T + bias, walked in label chunks (torch).
 
     The forward computes the gradients chunk by chunk (the logits of one chunk are the only
@@ -278,21 +278,8 @@ class LinearBCEChunkedFunction(torch.autograd.Function):
                 grad_weight[start:stop] = dz.t() @ feats
             if grad_bias is not None:
                 grad_bias[start:stop] = dz.sum(0)
-        ctx.grads = (
-            None if grad_features is None else grad_features.to(features.dtype),
-            grad_weight,
-            grad_bias,
-        )
+        GradientsInForward.keep(ctx, features, grad_features, grad_weight, grad_bias)
         return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        if ctx.grads is None:
-            raise RuntimeError("fused_linear_bce: backward ran twice; its gradients are consumed by the first.")
-        # Scaling in place keeps the backward free of another [L, H] allocation.
-        grads = tuple(None if g is None else g.mul_(grad_output.to(g.dtype)) for g in ctx.grads)
-        ctx.grads = None
-        return grads + (None, None, None, None)
 
 
 def fused_linear_bce(features, weight, bias, target_idx, target_offsets, label_offset=0, chunk_size=8192, criterion="bce"):
