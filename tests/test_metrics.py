@@ -40,6 +40,21 @@ def test_psp_uses_inverse_propensity_and_best_ranking():
     assert m["PSP@3"] == pytest.approx(1.0)
 
 
+def test_repeated_labels_count_once():
+    # SGM without its mask can emit a label again. Doc: true {3, 1}, ranked [3, 3, 1, 3]:
+    # the repeats are misses, so P@4 = 2/4, DCG = 1 + 1/log2(4) against IDCG = 1 + 1/log2(3).
+    s = MetricSums((2, 4), 5)
+    ranked = np.array([[3, 3, 1, 3]])
+    s.add(ranked, np.ones_like(ranked, dtype=bool), np.array([3, 1]), np.array([0, 2]), np.array([1.0, 2.0, 1.0, 4.0, 1.0]))
+    m = s.result()
+    assert m["P@2"] == pytest.approx(1 / 2)
+    assert m["P@4"] == pytest.approx(2 / 4)
+    assert m["nDCG@4"] == pytest.approx((1 + 0.5) / (1 + 1 / math.log2(3)))
+    assert m["PSP@4"] == pytest.approx((4 + 2) / (4 + 2))  # gains 4 (label 3) + 2 (label 1), best the same
+    assert m["PSP@2"] == pytest.approx(4 / (4 + 2))
+    assert (m["micro_precision"], m["micro_recall"]) == (1.0, 1.0)  # the predicted set is {1, 3}
+
+
 def test_set_metrics():
     predicted = np.array([[True, True, False], [True, True, True]])
     m = run(np.ones(5), predicted)

@@ -75,7 +75,7 @@ class MetricSums:
     ) -> None:
         """Add a batch.
 
-        ranked: int [B, K] label ids, best first, -1 for "no prediction".
+        ranked: int [B, K] label ids, best first, -1 for "no prediction"; a repeated id counts at its first place only.
         predicted: bool [B, K], which ranked entries are in the predicted set (threshold / emitted).
         true_idx, true_offsets: CSR true labels.
         inv_propensity: float [L], 1 / p_l.
@@ -86,9 +86,14 @@ class MetricSums:
         max_k = max(self.ks)
         discounts = 1.0 / np.log2(np.arange(2, max_k + 2))
         for b in range(batch):
-            y = true_idx[true_offsets[b] : true_offsets[b + 1]]
+            y = np.unique(true_idx[true_offsets[b] : true_offsets[b + 1]])
             row = np.full(max_k, -1, dtype=np.int64)
             row[: min(ranked.shape[1], max_k)] = ranked[b, :max_k]
+            # A label ranked twice (SGM decoding without its mask repeats labels) counts once, where it came first.
+            _, first = np.unique(row, return_index=True)
+            repeat = np.ones(max_k, dtype=bool)
+            repeat[first] = False
+            row[repeat] = -1
             hits = (row >= 0) & np.isin(row, y)
             gains = np.where(hits, inv_propensity[np.where(row >= 0, row, 0)], 0.0)
             best = np.sort(inv_propensity[y])[::-1] if y.size else np.zeros(0)
@@ -103,7 +108,7 @@ class MetricSums:
             tp = np.isin(pred_set, y).sum()
             self.tp += tp
             self.fp += pred_set.size - tp
-            self.fn += np.unique(y).size - tp
+            self.fn += y.size - tp
         self.docs += batch
 
     def merge(self, other: "MetricSums") -> None:
