@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 from pathlib import Path
 
+import numpy as np
 import pytest
 from data_helpers import load_after_barrier, write_lines, write_xmtc
 
@@ -115,6 +116,40 @@ def test_sentencepiece_tokenizer(tmp_path, make_cfg):
     assert all(0 not in ids for ids in corpus.train["input_ids"])
     reloaded = load_tokenizer(corpus.cache_path)
     assert reloaded.encode("lazy wizards") == tok.encode("lazy wizards") and reloaded.kind == "sentencepiece"
+
+
+def test_sentencepiece_lines_fit_its_cap_and_lose_nothing():
+    from xmtc.data import tokenizer as tok
+
+    rng = np.random.default_rng(0)
+    cjk = "".join(chr(0x4E00 + i) for i in rng.integers(0, 300, 2500))  # 7,500 bytes, no spaces
+    words = " ".join("w" * int(n) for n in rng.integers(1, 30, 700))  # over 200 words and 4,000 bytes
+    lines = list(tok._spm_lines([cjk, words], seed=0))
+    assert all(len(line.encode("utf-8")) <= tok.SPM_LINE_BYTES and len(line.split()) <= tok.SPM_LINE_WORDS for line in lines)
+    assert "".join("".join(line.split()) for line in lines) in ("".join(cjk.split()) + "".join(words.split()), "".join(words.split()) + "".join(cjk.split()))
+    assert len(lines) > 4
+
+
+def test_sentencepiece_trains_on_text_without_spaces(tmp_path, make_cfg):
+    rng = np.random.default_rng(1)
+    texts = ["".join(chr(0x4E00 + i) for i in rng.integers(0, 200, 1500)) for _ in range(40)]  # 4,500 bytes each
+    root = write_xmtc(tmp_path / "d", train_texts=texts, train_labels=["a"] * 40, test_texts=[texts[0][:50], texts[1][:50]], test_labels=["a", "a"])
+    corpus = load(make_cfg, root, tokenizer="sentencepiece", vocab_size=300)
+    assert corpus.vocab_size > 200  # one line over SentencePiece's 4,192-byte cap used to stop the run
+    assert corpus.tokenizer.sp.decode(corpus.tokenizer.encode(texts[2])) == texts[2]
+
+
+def test_sentencepiece_model_is_the_same_on_any_machine(monkeypatch):
+    from xmtc.data.tokenizer import SentencePieceTokenizer
+
+    words = [f"w{i}x{i % 7}" for i in range(400)]
+    rng = np.random.default_rng(2)
+    texts = [" ".join(words[j] for j in rng.integers(0, 400, 80)) for _ in range(300)]
+    models = []
+    for cores in (1, 4):
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        models.append(SentencePieceTokenizer.train(texts, 300).model_proto)
+    assert models[0] == models[1]  # SentencePiece's result depends on its thread count: it is fixed
 
 
 def test_encode_texts_and_tokenless_documents(tmp_path, make_cfg):

@@ -156,7 +156,7 @@ def cache_inputs(data: DataConfig, source: dict[str, Any]) -> dict[str, Any]:
     if data.tokenizer == "whitespace":
         inputs["min_count"] = data.min_count
     else:
-        inputs["spm_sample"] = [tok.SPM_TRAIN_CHARS, tok.SPM_LINE_WORDS]
+        inputs["spm_sample"] = [tok.SPM_TRAIN_CHARS, tok.SPM_LINE_WORDS, tok.SPM_LINE_BYTES, tok.SPM_TRAIN_THREADS]
     return inputs
 
 

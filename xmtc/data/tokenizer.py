@@ -26,7 +26,13 @@ WORD = re.compile(r"\w+")
 SPM_TRAIN_CHARS = 20_000_000
 """SentencePiece trains on a seeded sample of training documents of about this many characters."""
 SPM_LINE_WORDS = 200
-"""Documents are cut into lines of this many words for SentencePiece (its default line cap is 4192 bytes)."""
+"""Documents are cut into lines of at most this many words for SentencePiece..."""
+SPM_LINE_BYTES = 4000
+"""...and at most this many UTF-8 bytes: SentencePiece silently drops a longer line (its cap is 4192
+bytes), and text without spaces (Chinese, Japanese) is one long "word"."""
+SPM_TRAIN_THREADS = 16
+"""SentencePiece's model depends on its thread count, so training always uses this many (not the
+machine's cores): the same corpus gives the same token ids on every machine."""
 
 
 class WhitespaceTokenizer:
@@ -97,19 +103,22 @@ class SentencePieceTokenizer:
         import sentencepiece as spm
 
         model = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=_spm_lines(texts, seed),
-            model_writer=model,
-            model_type="unigram",
-            vocab_size=vocab_size,
-            pad_id=PAD_ID,
-            unk_id=UNK_ID,
-            bos_id=-1,
-            eos_id=-1,
-            hard_vocab_limit=False,  # a small corpus yields fewer pieces rather than an error
-            num_threads=os.cpu_count() or 1,
-            minloglevel=2,
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=_spm_lines(texts, seed),
+                model_writer=model,
+                model_type="unigram",
+                vocab_size=vocab_size,
+                pad_id=PAD_ID,
+                unk_id=UNK_ID,
+                bos_id=-1,
+                eos_id=-1,
+                hard_vocab_limit=False,  # a small corpus yields fewer pieces rather than an error
+                num_threads=SPM_TRAIN_THREADS,
+                minloglevel=2,
+            )
+        except RuntimeError as e:  # e.g. not one usable line in the training texts
+            raise DataError(f"SentencePiece could not train on the training texts ({e}); try data.tokenizer \"whitespace\"") from e
         return cls(model.getvalue())
 
     def save(self, directory: Path) -> None:
@@ -118,13 +127,25 @@ class SentencePieceTokenizer:
 
 
 def _spm_lines(texts: Sequence[str], seed: int) -> Iterator[str]:
-    """A seeded sample of documents (about SPM_TRAIN_CHARS), cut into lines of SPM_LINE_WORDS words."""
+    """A seeded sample of documents (about SPM_TRAIN_CHARS), cut into lines of at most
+    SPM_LINE_WORDS words and SPM_LINE_BYTES bytes (a longer word is cut into pieces)."""
     order = np.random.default_rng(seed).permutation(len(texts))
     budget = SPM_TRAIN_CHARS
+    piece_chars = SPM_LINE_BYTES // 4  # a UTF-8 character takes at most 4 bytes
     for i in order:
-        words = texts[i].split()
-        for j in range(0, len(words), SPM_LINE_WORDS):
-            yield " ".join(words[j : j + SPM_LINE_WORDS])
+        line: list[str] = []
+        size = 0
+        for word in texts[i].split():
+            for start in range(0, len(word), piece_chars):
+                piece = word[start : start + piece_chars]
+                n = len(piece.encode("utf-8")) + 1
+                if line and (len(line) == SPM_LINE_WORDS or size + n > SPM_LINE_BYTES):
+                    yield " ".join(line)
+                    line, size = [], 0
+                line.append(piece)
+                size += n
+        if line:
+            yield " ".join(line)
         budget -= len(texts[i])
         if budget <= 0:
             return
