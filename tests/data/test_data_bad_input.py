@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import re
 
 import pytest
@@ -114,6 +115,31 @@ def test_table_missing_column_and_bad_rows(tmp_path, make_cfg):
         load_corpus(cfg, SyntheticConfig())
     write_lines(test, [json.dumps({"text": "apple", "labels": "a"}), json.dumps({"text": "", "labels": "b"})])
     with raises(f"{test} line 2 is an empty document"):
+        load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test)), SyntheticConfig())
+
+
+def test_jsonl_errors_name_the_file_line(tmp_path, make_cfg):
+    rows = [json.dumps({"text": "apple", "labels": ["a"]}), "", json.dumps({"text": "fig", "labels": ["b"]})]
+    test = write_lines(tmp_path / "test.jsonl", [json.dumps({"text": "apple", "labels": ["a"]})])
+    train = write_lines(tmp_path / "train.jsonl", [*rows, "  ", json.dumps({"text": "", "labels": ["b"]})])
+    cfg = make_cfg(format="table", train_file=str(train), test_file=str(test))
+    with raises(f"{train} line 5 is an empty document"):  # the 3rd record, after a blank and a whitespace line
+        load_corpus(cfg, SyntheticConfig())
+    write_lines(train, [*rows, '{"text": "kiwi", "labels": ["a"]', json.dumps({"text": "date", "labels": ["b"]})])
+    with raises(f"{train} line 4 is not valid JSON (Expecting ',' delimiter"):
+        load_corpus(cfg, SyntheticConfig())
+
+
+def test_csv_cells_are_read_as_written(tmp_path, make_cfg, cache_dir):
+    # pandas would guess numbers ("007" -> 7, differently per file) and missing values ("NA", "null", "").
+    train = write_lines(tmp_path / "train.csv", ["text,labels", "apple pie,007", "null,NA", "fig jam,010", "kiwi,007"])
+    test = write_lines(tmp_path / "test.csv", ["text,labels", "fig,007 010"])
+    corpus = load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test)), SyntheticConfig())
+    assert corpus.label_names == ["007", "010", "NA"] and corpus.test["labels"] == [[0, 1]]
+    assert len(corpus.train) == 4 and corpus.train["labels"][1] == [2]  # "null" is a text, "NA" a label
+    assert list((Path(cache_dir) / "hf").iterdir()) == []  # datasets' conversion (keyed by mtime) is not kept
+    write_lines(train, ["text,labels", "apple pie,7", "fig jam,", "kiwi,3"])
+    with raises(f"{train} row 2 (after the header) has no labels"):
         load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test)), SyntheticConfig())
 
 

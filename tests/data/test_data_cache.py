@@ -51,6 +51,24 @@ def test_key_follows_data_and_settings(small_xmtc, make_cfg):
     assert edited.test["input_ids"] == [[1, 2], [5]]
 
 
+def test_key_follows_content_not_place_or_mtime(small_xmtc, make_cfg, tmp_path):
+    import os
+    import shutil
+
+    base = load(make_cfg, small_xmtc)
+    copy = shutil.copytree(small_xmtc, tmp_path / "elsewhere")
+    moved = load(make_cfg, copy)
+    assert moved.cache_hit and moved.cache_path == base.cache_path  # the same data elsewhere
+    labels = copy / "train_labels.txt"
+    old, st = labels.read_text(), os.stat(labels)
+    swapped = old.replace("a", "\0").replace("b", "a").replace("\0", "b")
+    assert swapped != old and len(swapped) == len(old)
+    labels.write_text(swapped)
+    os.utime(labels, ns=(st.st_atime_ns, st.st_mtime_ns))  # as cp -p, rsync -t and tar x leave it
+    edited = load(make_cfg, copy)
+    assert not edited.cache_hit and edited.cache_path != base.cache_path
+
+
 def test_synthetic_key_follows_its_section(make_cfg):
     small = SyntheticConfig(num_labels=50, num_train=40, num_test=10, doc_len=20)
     a = load_corpus(make_cfg(), small)
@@ -70,7 +88,7 @@ def test_crash_leaves_no_half_cache(small_xmtc, make_cfg, cache_dir, monkeypatch
     monkeypatch.setattr(loader, "encode_split", crash_on_test)
     with pytest.raises(KeyboardInterrupt):
         load(make_cfg, small_xmtc)
-    assert [p.name for p in Path(cache_dir).iterdir() if not p.name.endswith(".lock")] == []
+    assert [p.name for p in Path(cache_dir).iterdir() if not p.name.endswith(".lock")] == ["file_hashes"]
     monkeypatch.setattr(loader, "encode_split", real)
     corpus = load(make_cfg, small_xmtc)
     assert not corpus.cache_hit and len(corpus.test) == 2

@@ -20,16 +20,45 @@ from typing import Any
 
 from filelock import FileLock
 
-CACHE_VERSION = 1
+from xmtc.io import atomic_write_json
+
+CACHE_VERSION = 2
 """Bump when the cached layout or the tokenization/reading code changes what a cache holds."""
 COMPLETE_MARKER = "meta.json"
 """Written last inside the temporary directory; the rename happens only after it exists."""
 
 
-def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
-    """A file's identity for the cache key: absolute path, size and modification time (ns)."""
-    st = os.stat(path)
-    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+def file_fingerprint(path: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """A file's identity for the cache key: its size and the sha256 of its content.
+
+    Content, not path and modification time: a copy of the data elsewhere keeps its cache, and an
+    edit that keeps the size and the mtime (`cp -p`, `rsync -t`, `tar x`) cannot serve a stale one.
+    The hash is remembered under `memo_dir` by the file's path, device, inode, size, mtime and ctime
+    (which no copy tool can set back), so a cache hit does not read the data again.
+    """
+    p = Path(path).resolve()
+    st = os.stat(p)
+    memo = None
+    if memo_dir is not None:
+        ident = f"{p}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+        memo = Path(memo_dir) / "file_hashes" / f"{hashlib.sha256(ident.encode()).hexdigest()[:24]}.json"
+        try:
+            known = json.loads(memo.read_text())
+            if known.get("size") == st.st_size and isinstance(known.get("sha256"), str):
+                return known
+        except (OSError, ValueError, AttributeError):
+            pass
+    digest = hashlib.sha256()
+    with open(p, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    fingerprint = {"size": st.st_size, "sha256": digest.hexdigest()}
+    if memo is not None:
+        try:
+            atomic_write_json(memo, fingerprint)
+        except OSError:  # a read-only shared cache: hash again next time
+            pass
+    return fingerprint
 
 
 def cache_key(inputs: dict[str, Any]) -> str:

@@ -105,15 +105,15 @@ def source_inputs(data: DataConfig, synth: SyntheticConfig) -> tuple[dict[str, A
     fmt = data.format
     if fmt == "xmtc_text":
         files = readers.xmtc_text_files(data.path)
-        return {"files": [file_fingerprint(f) for f in files]}, lambda: RawCorpus(readers.read_xmtc_text(data.path, data.bad_lines))
+        return {"files": [file_fingerprint(f, data.cache_dir) for f in files]}, lambda: RawCorpus(readers.read_xmtc_text(data.path, data.bad_lines))
     if fmt == "sgm":
         files = readers.sgm_files(data.path)
-        return {"files": [file_fingerprint(f) for f in files]}, lambda: RawCorpus(readers.read_sgm(data.path, data.bad_lines), pretokenized=True)
+        return {"files": [file_fingerprint(f, data.cache_dir) for f in files]}, lambda: RawCorpus(readers.read_sgm(data.path, data.bad_lines), pretokenized=True)
     if fmt == "table":
         for file, key in ((data.train_file, "data.train_file"), (data.test_file, "data.test_file")):
             readers.table_loader(file, key)
         hf_cache = str(Path(data.cache_dir) / "hf")  # datasets' own Arrow conversion lives beside ours
-        files = [file_fingerprint(data.train_file), file_fingerprint(data.test_file)]
+        files = [file_fingerprint(data.train_file, data.cache_dir), file_fingerprint(data.test_file, data.cache_dir)]
         columns = (data.text_column, data.labels_column, data.bad_lines)
         inputs = {"files": files, "columns": [data.text_column, data.labels_column]}
         return inputs, lambda: RawCorpus(readers.read_table(data.train_file, data.test_file, *columns, hf_cache))

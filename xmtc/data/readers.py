@@ -9,7 +9,10 @@ stops: the pairing of every later line would be wrong.
 from __future__ import annotations
 
 import codecs
+import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,16 +221,35 @@ def table_loader(path_str: str, key: str) -> str:
     return loader
 
 
-def _check_utf8_lines(path: Path) -> None:
-    """Text tables: name the first line that is not UTF-8 (the `datasets` readers would not)."""
+def _scan_text_table(path: Path) -> list[int]:
+    """Text tables: name the first line that is not UTF-8 (the `datasets` readers would not).
+    Returns the 1-based numbers of the non-blank lines: in JSON Lines, record i is on line [i]."""
+    records = []
     for i, line in enumerate(read_lines(path)):
         if line is None:
             raise DataError(f"{path} line {i + 1} is not valid UTF-8; a table file must be UTF-8 throughout")
+        if line.strip():
+            records.append(i + 1)
+    return records
 
 
-def _row_locator(path: Path, loader: str) -> Callable[[int], str]:
-    if loader == "json" and path.suffix.lower() == ".jsonl":
-        return lambda i: f"{path} line {i + 1}"
+def _is_jsonl(path: Path, loader: str) -> bool:
+    return loader == "json" and path.suffix.lower() == ".jsonl"
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    for i, line in enumerate(read_lines(path)):
+        if line is not None and line.strip():
+            try:
+                json.loads(line)
+            except ValueError as e:
+                return f"{path} line {i + 1} is not valid JSON ({e}); each line must be one JSON object"
+    return None
+
+
+def _row_locator(path: Path, loader: str, lines: list[int] | None) -> Callable[[int], str]:
+    if _is_jsonl(path, loader) and lines is not None:
+        return lambda i: f"{path} line {lines[i] if i < len(lines) else i + 1}"
     if loader == "csv":
         return lambda i: f"{path} row {i + 1} (after the header)"
     return lambda i: f"{path} row {i + 1}"
@@ -252,23 +274,41 @@ def split_from_columns(
     return builder.split
 
 
+def _csv_as_written(*columns: str) -> dict[str, Any]:
+    """CSV cells of `columns` as written: no type guessing ("007" stays "007"; a column of numbers with one
+    empty cell does not turn into floats) and no missing-value words ("NA" and "null" are a label and a text)."""
+    return {"converters": dict.fromkeys(columns, str), "keep_default_na": False, "na_filter": False}
+
+
 def read_table(
     train_file: str, test_file: str, text_column: str, labels_column: str, bad_lines: str, hf_cache_dir: str
 ) -> dict[str, RawSplit]:
     from datasets import load_dataset
 
     out = {}
-    for name, file, key in (("train", train_file, "data.train_file"), ("test", test_file, "data.test_file")):
-        loader = table_loader(file, key)
-        path = Path(file)
-        if loader != "parquet":
-            _check_utf8_lines(path)
-        try:
-            table = load_dataset(loader, data_files={name: str(path)}, split=name, cache_dir=hf_cache_dir)
-        except Exception as e:  # datasets raises many types (ArrowInvalid, DatasetGenerationError, ...)
-            cause = e.__cause__ or e
-            raise DataError(f"{path} could not be read as {loader}: {type(cause).__name__}: {cause}".strip()) from e
-        out[name] = split_from_columns(name, table, text_column, labels_column, bad_lines, _row_locator(path, loader), str(path))
+    # datasets' own Arrow conversion goes to a fresh directory, removed after reading: its cache is keyed by
+    # path and mtime, which an edit can keep, and ours (keyed by content) is what later runs read.
+    Path(hf_cache_dir).mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.mkdtemp(dir=hf_cache_dir, prefix="read-")
+    try:
+        for name, file, key in (("train", train_file, "data.train_file"), ("test", test_file, "data.test_file")):
+            loader = table_loader(file, key)
+            path = Path(file)
+            lines = None if loader == "parquet" else _scan_text_table(path)
+            options = _csv_as_written(text_column, labels_column) if loader == "csv" else {}
+            try:
+                table = load_dataset(loader, data_files={name: str(path)}, split=name, cache_dir=scratch, **options)
+            except Exception as e:  # datasets raises many types (ArrowInvalid, DatasetGenerationError, ...)
+                bad_line = _first_bad_json_line(path) if _is_jsonl(path, loader) else None
+                if bad_line:
+                    raise DataError(bad_line) from e
+                cause = e.__cause__ or e
+                raise DataError(f"{path} could not be read as {loader}: {type(cause).__name__}: {cause}".strip()) from e
+            locate = _row_locator(path, loader, lines)
+            out[name] = split_from_columns(name, table, text_column, labels_column, bad_lines, locate, str(path))
+            del table
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return out
 
 
