@@ -33,6 +33,9 @@ def test_overrides_are_typed_and_nested():
     assert cfg.data.path == "/x y"
     assert cfg.model.dropout == 0.0 and isinstance(cfg.model.dropout, float)
     assert cfg.eval.ks == [1, 2]
+    # A string key keeps the text as typed, even when it reads as JSON.
+    named = load_config("debug_xml_cnn", ["--train.output_dir", "2024", "--data.path", "true", "--train.max_steps", "3"])
+    assert (named.train.output_dir, named.data.path, named.train.max_steps) == ("2024", "true", 3)
 
 
 @pytest.mark.parametrize(
@@ -50,6 +53,18 @@ def test_overrides_are_typed_and_nested():
         ({"data": {"valid_fraction": 1.0}}, "config key 'data.valid_fraction' must be in [0, 1), got 1.0"),
         ({"train": {"select_metric": "f1"}}, "config key 'train.select_metric' is \"f1\"; allowed: \"\" (no selection) or one of P@1, P@3"),
         ({"train": {"select_metric": "P@10"}, "eval": {"ks": [1, 5]}}, "config key 'train.select_metric' is \"P@10\""),
+        ({"train": {"log_every": 0}}, "config key 'train.log_every' must be at least 1, got 0"),
+        ({"train": {"seed": -1}}, "config key 'train.seed' must be at least 0, got -1"),
+        ({"data": {"valid_seed": -2}}, "config key 'data.valid_seed' must be at least 0, got -2"),
+        ({"synthetic": {"seed": -3}}, "config key 'synthetic.seed' must be at least 0, got -3"),
+        ({"train": {"warmup_steps": -1}}, "config key 'train.warmup_steps' must be at least 0, got -1"),
+        ({"train": {"eval_every": -5}}, "config key 'train.eval_every' must be at least 0, got -5"),
+        ({"train": {"save_every": -5}}, "config key 'train.save_every' must be at least 0, got -5"),
+        ({"train": {"lr": -1e-3}}, "config key 'train.lr' must be positive, got -0.001"),
+        ({"train": {"min_lr_ratio": -0.5}}, "config key 'train.min_lr_ratio' must be in [0, 1], got -0.5"),
+        ({"train": {"weight_decay": -0.1}}, "config key 'train.weight_decay' must be at least 0, got -0.1"),
+        ({"train": {"betas": [0.9]}}, "config key 'train.betas' must be two numbers in [0, 1), e.g. [0.9, 0.999]; got [0.9]"),
+        ({"deepspeed": {"train_batch_size": "abc"}}, "config key 'deepspeed.train_batch_size' must be a positive integer, got 'abc'"),
     ],
 )
 def test_bad_configs_name_the_key(raw, message):

@@ -421,6 +421,12 @@ def resolve_config_path(name_or_path: str) -> Path:
     raise ConfigError(f"config '{name_or_path}' is neither a file nor a config in {CONFIG_DIR} (shipped: {shipped})")
 
 
+def _is_str_field(dotted: str) -> bool:
+    section, _, name = dotted.partition(".")
+    cls = SECTIONS.get(section)
+    return cls is not None and typing.get_type_hints(cls).get(name) is str
+
+
 def parse_overrides(args: list[str]) -> dict[str, Any]:
     """['--train.max_steps', '20', '--data.path=x'] -> {'train.max_steps': 20, 'data.path': 'x'}."""
     out: dict[str, Any] = {}
@@ -441,6 +447,8 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text
+        if _is_str_field(key) and not isinstance(value, str):
+            value = text  # --train.output_dir 2024 is the directory "2024", not a number
         out[key] = value
     return out
 
@@ -544,6 +552,29 @@ def _check_values(cfg: Config) -> None:
         )
     if cfg.train.max_steps < 0 or cfg.train.epochs <= 0:
         raise ConfigError("config keys 'train.max_steps' (>= 0) and 'train.epochs' (> 0) are out of range")
+    at_least = {
+        "train.log_every": (cfg.train.log_every, 1),
+        "train.seed": (cfg.train.seed, 0),
+        "data.valid_seed": (cfg.data.valid_seed, 0),
+        "synthetic.seed": (cfg.synthetic.seed, 0),
+        "train.warmup_steps": (cfg.train.warmup_steps, 0),
+        "train.eval_every": (cfg.train.eval_every, 0),
+        "train.save_every": (cfg.train.save_every, 0),
+    }
+    for key, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"config key '{key}' must be at least {low}, got {value}")
+    if not cfg.train.lr > 0.0:
+        raise ConfigError(f"config key 'train.lr' must be positive, got {cfg.train.lr}")
+    if not 0.0 <= cfg.train.min_lr_ratio <= 1.0:
+        raise ConfigError(f"config key 'train.min_lr_ratio' must be in [0, 1], got {cfg.train.min_lr_ratio}")
+    if cfg.train.weight_decay < 0.0:
+        raise ConfigError(f"config key 'train.weight_decay' must be at least 0, got {cfg.train.weight_decay}")
+    if len(cfg.train.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.train.betas):
+        raise ConfigError(f"config key 'train.betas' must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {cfg.train.betas}")
+    given = cfg.deepspeed.get("train_batch_size")
+    if given is not None and (not isinstance(given, int) or isinstance(given, bool) or given < 1):
+        raise ConfigError(f"config key 'deepspeed.train_batch_size' must be a positive integer, got {given!r}")
 
 
 def load_config(name_or_path: str, overrides: dict[str, Any] | list[str] | None = None) -> Config:
