@@ -130,6 +130,8 @@ def test_signal_checkpoints_and_resume_is_exact(zero0, runs):
     assert final["step"] == 40
     assert final["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-6)
     assert final["P@1"] == reference["P@1"] and final["nDCG@5"] == pytest.approx(reference["nDCG@5"], rel=1e-6)
+    # Each evaluation logged once, whichever run logged it, with the uninterrupted run's losses.
+    assert losses(out) == pytest.approx(losses(zero0[0]), rel=1e-6) and len(losses(out)) == 2
 
 
 def test_predict_and_evaluate_round_trip(zero0, runs, tmp_path):

@@ -61,6 +61,49 @@ def set_aside_tag(ckpt_dir: Path, tag: str) -> Path:
     return aside
 
 
+RUN_FILES = ("config.json", "labels.txt", "metrics.jsonl", "final_metrics.json", "checkpoints")
+"""What a run writes into its output_dir (besides what a config points there, such as a cache)."""
+
+
+def set_aside_run(out: Path) -> int | None:
+    """A fresh run into a directory another run wrote: rename that run's files to `<name>.replaced<k>`
+    (one k for all of them), so its metrics, checkpoints and config are neither mixed nor lost.
+    Nothing happens when only a config.json/labels.txt is there (a run that stopped before step 1)."""
+    out = Path(out)
+    ckpt = out / "checkpoints"
+    if not ((out / "metrics.jsonl").exists() or (out / "final_metrics.json").exists() or (ckpt.is_dir() and any(ckpt.iterdir()))):
+        return None
+    k = 1
+    while any((out / f"{name}.replaced{k}").exists() for name in RUN_FILES):
+        k += 1
+    for name in RUN_FILES:
+        if (out / name).exists():
+            os.rename(out / name, out / f"{name}.replaced{k}")
+    return k
+
+
+def keep_metrics_through(path: Path, keep) -> int:
+    """Rewrite metrics.jsonl (atomically) with only the records `keep(record)` accepts: a resumed run
+    logs the evaluations after its checkpoint again. Returns how many were dropped."""
+    from xmtc.io import atomic_write_text
+
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # the line a crash cut short
+        if keep(record):
+            kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return len(lines) - len(kept)
+
+
 def _zero_stage(tag_dir: Path) -> int:
     plain = tag_dir / "mp_rank_00_model_states.pt"
     if not plain.is_file():

@@ -13,11 +13,14 @@ Everything a run writes goes to `train.output_dir`:
 
 A run stopped by SIGUSR1/SIGTERM checkpoints at the next step boundary and exits with code 75
 (`EXIT_REQUEUE`); `train.resume` continues exactly: same data order, same schedule, same dropout.
+Nothing is written before every check has passed; a fresh run sets another run's files aside
+(`<name>.replaced<k>`); a non-finite training loss stops the run (`Diverged`, exit code 2).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 import time
@@ -26,8 +29,8 @@ from pathlib import Path
 import torch
 
 from xmtc import ops
-from xmtc.checkpoint import BEST_FILE, read_best, set_aside_tag
-from xmtc.config import LOWER_IS_BETTER, Config, ConfigError
+from xmtc.checkpoint import BEST_FILE, keep_metrics_through, read_best, set_aside_run, set_aside_tag
+from xmtc.config import LOWER_IS_BETTER, Config, ConfigError, UserError
 from xmtc.data import TrainBatchSampler, collate, load_corpus, whole_train_token_ids
 from xmtc.distributed import all_reduce_max, all_reduce_sum, print0, setup
 from xmtc.evaluation import evaluate, move
@@ -41,6 +44,10 @@ from xmtc.optim import build_optimizer, lr_lambda
 from xmtc.parallel import load_checkpoint, parallelize
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed on a signal, run again with train.resume
+
+
+class Diverged(UserError):
+    """The training loss is not finite; the launcher prints the sentence and exits with 2."""
 
 
 class Preempted(Exception):
@@ -68,6 +75,12 @@ class StopSignal:
     def any_rank(self, device) -> bool:
         flag = torch.tensor([1.0 if self.received else 0.0], device=device)
         return bool(all_reduce_max(flag).item())
+
+
+def dropout_seed(seed: int, micro_step: int, rank: int) -> int:
+    """The RNG seed of one micro-batch (step x accumulation + index) on one rank: dropout depends on
+    nothing else, so a resumed run draws the same masks, and no two micro-batches or ranks share them."""
+    return seed * 1_000_003 + micro_step * 7919 + rank
 
 
 def resolve_deepspeed_config(cfg: Config, data_world_size: int, device_type: str) -> dict:
@@ -112,13 +125,9 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     cfg.check_batch(dist_info.world_size)
     out = Path(cfg.train.output_dir)
     ckpt_dir = out / "checkpoints"
-    if dist_info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.json")
 
     corpus = load_corpus(cfg.data, cfg.synthetic)
     if dist_info.is_main:
-        atomic_write_text(out / "labels.txt", "\n".join(corpus.label_names) + "\n")
         print0(
             f"data: {len(corpus.train)} train / {len(corpus.valid) if corpus.valid is not None else 0} valid / "
             f"{len(corpus.test)} test documents, {corpus.num_labels} labels, vocabulary {corpus.vocab_size}; {corpus.stats}"
@@ -177,17 +186,35 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
 
     step, last_loss = 0, float("nan")
     best: dict | None = None  # the selected checkpoint so far (best.json's content)
-    if cfg.train.resume and (ckpt_dir / "latest").is_file():
-        _, client = load_checkpoint(engine, plan, ckpt_dir)
+    last_saved: tuple[int, str] | None = None  # (step, tag) of the newest checkpoint `latest` names
+    resumed = cfg.train.resume and (ckpt_dir / "latest").is_file()
+    if resumed:
+        loaded_tag, client = load_checkpoint(engine, plan, ckpt_dir)
         step = int(client["step"])
+        last_saved = (step, loaded_tag)
         last_loss = float(client.get("train_loss", float("nan")))
         best = read_best(ckpt_dir) if select else None
         if best is not None and (best["metric"] != select or best["step"] > step):
             best = None  # another metric, or a step this run has not reached (it will be met again)
         print0(f"resumed from {ckpt_dir} at step {step}" + (f"; best {select} so far {best['value']:.4f} at step {best['step']}" if best else ""))
-    elif dist_info.is_main and (ckpt_dir / BEST_FILE).is_file():
-        # A fresh run into an old run directory: the old selection no longer describes these checkpoints.
-        (ckpt_dir / BEST_FILE).unlink()
+        if step >= total_steps and (out / "final_metrics.json").is_file():
+            print0(f"{out} finished at step {step} already (final_metrics.json); nothing to do")
+            return json.loads((out / "final_metrics.json").read_text())
+    # Every check has passed: only now does this run write into its directory.
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if resumed:
+            # The evaluations after the checkpoint are logged again; at the last step only final ones exist.
+            dropped = keep_metrics_through(out / "metrics.jsonl", lambda r: r.get("step", 0) < step or (r.get("step") == step and step < total_steps))
+            if dropped:
+                print0(f"metrics.jsonl: dropped {dropped} record(s) logged after step {step} by the interrupted run")
+        else:
+            aside = set_aside_run(out)
+            if aside is not None:
+                print0(f"{out} holds another run's files: moved them to <name>.replaced{aside}")
+        cfg.save(out / "config.json")
+        atomic_write_text(out / "labels.txt", "\n".join(corpus.label_names) + "\n")
+    torch.distributed.barrier()
 
     written: set[str] = set()  # tags this process saved (saving one again is DeepSpeed's overwrite)
 
@@ -206,7 +233,14 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
             written.add(tag)
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": tag_step, "train_loss": last_loss}, save_latest=latest)
         plan.save_checkpoint(engine, ckpt_dir, tag)
+        if latest:
+            nonlocal last_saved
+            last_saved = (tag_step, tag)
         return tag
+
+    def save_unless_saved() -> str:
+        """The checkpoint of this step: written now, unless it exists already (saved or resumed from)."""
+        return last_saved[1] if last_saved is not None and last_saved[0] == step else save(step)
 
     def consider(record: dict, saved_tag: str | None = None) -> None:
         """Model selection: keep a checkpoint of this step if its validation `select` metric is the best so far."""
@@ -247,21 +281,32 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     while step < total_steps:
         epoch, in_epoch = divmod(step, sampler.steps_per_epoch)
         batches = sampler.micro_batches(epoch, in_epoch * cfg.grad_accum)
+        step_loss = 0.0
         for micro, indices in enumerate(batches):
-            # Dropout depends on (seed, step, rank) only, so a resumed run draws the same masks.
-            torch.manual_seed(cfg.train.seed * 1_000_003 + step * 7919 + dist_info.rank)
+            torch.manual_seed(dropout_seed(cfg.train.seed, step * cfg.grad_accum + micro % cfg.grad_accum, dist_info.rank))
             batch = move(collate(corpus.train[indices], cfg.data.max_len), dist_info.device)
             loss = engine(batch["input_ids"], batch["label_idx"], batch["label_offsets"], batch["lengths"])
             engine.backward(loss)
             engine.step()
+            step_loss = step_loss + loss.detach().float()
             if (micro + 1) % cfg.grad_accum:
                 continue
             step += 1
             trained_steps += 1
             steps_window += 1
             is_last = step >= total_steps
-            # Every step: a checkpoint written at any step must carry that step's loss.
-            last_loss = float((all_reduce_sum(loss.detach().float().reshape(1).clone()) / dist_info.world_size).item())
+            # Every step: a checkpoint written at any step must carry that step's loss (the mean over its micro-batches).
+            mean_loss = step_loss.reshape(1) / cfg.grad_accum
+            step_loss = 0.0
+            last_loss = float((all_reduce_sum(mean_loss) / dist_info.world_size).item())
+            if not math.isfinite(last_loss):
+                if bar is not None:
+                    bar.close()
+                raise Diverged(
+                    f"the training loss is {last_loss} at step {step}: the run diverged (lower train.lr, raise "
+                    "train.warmup_steps or set deepspeed.gradient_clipping); nothing was saved for this step"
+                    + (f", the newest checkpoint is {ckpt_dir / last_saved[1]}" if last_saved else "")
+                )
             if step % cfg.train.log_every == 0 or is_last:
                 now = time.perf_counter()
                 samples_per_s = steps_window * samples_per_step / max(now - t_window, 1e-9)
@@ -280,7 +325,7 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
                 save(step)
             if stop.any_rank(dist_info.device):
                 stop.ignore_further()
-                save(step)
+                save_unless_saved()
                 if bar is not None:
                     bar.close()
                 print0(f"signal received: checkpoint at step {step} in {ckpt_dir}; exiting with {EXIT_REQUEUE} to be requeued")
@@ -291,7 +336,7 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
         bar.close()
     train_time = time.perf_counter() - t_start
 
-    last_tag = save(step)
+    last_tag = save_unless_saved()
     selection = {}
     if corpus.valid is not None:
         record = log_eval("valid")

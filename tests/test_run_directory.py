@@ -1,0 +1,89 @@
+"""What a run does to its output directory: a fresh run sets another run's files aside, a failing run
+writes nothing, a resumed run logs each evaluation once and a finished one is left as it is, and a
+diverging run stops with one sentence. One plain-python process each, on the debug config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from test_train_integration import ROOT, env
+
+from xmtc.checkpoint import keep_metrics_through
+from xmtc.trainer import dropout_seed
+
+
+def train(out: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "launch/train.py", "--config", "debug_xml_cnn", "--train.output_dir", str(out),
+           "--data.cache_dir", str(out.parent / "cache"), "--train.max_steps", "10", "--train.eval_every", "5",
+           "--train.save_every", "5", "--train.progress", "false", *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_directory_lifecycle(tmp_path):
+    run = tmp_path / "run"
+    train(run)
+    first = records(run)
+    assert [(r["split"], r["step"]) for r in first] == [("test", 5), ("test", 10)]
+    final = (run / "final_metrics.json").read_text()
+
+    # A failing run (its check comes after the corpus is read) leaves the directory untouched.
+    config = (run / "config.json").read_bytes()
+    failed = train(run, "--train.select_metric", "P@1", "--model.embed_dim", "48", check=False)
+    assert failed.returncode == 2 and "has no validation split" in failed.stderr
+    assert (run / "config.json").read_bytes() == config and records(run) == first
+
+    # Resuming a finished run does nothing: no step set aside and written again, no record repeated.
+    train(run, "--train.resume", "true")
+    assert records(run) == first and (run / "final_metrics.json").read_text() == final
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step10", "step5"]
+
+    # Resuming from step 5 (as after a crash past the step-10 evaluation) logs step 10 once, identically.
+    (run / "checkpoints" / "latest").write_text("step5")
+    (run / "final_metrics.json").unlink()
+    train(run, "--train.resume", "true")
+    again = records(run)
+    assert [r["step"] for r in again] == [5, 10]
+    assert again[0] == first[0]
+    assert {k: v for k, v in again[1].items() if k != "samples_per_s"} == {k: v for k, v in first[1].items() if k != "samples_per_s"}
+
+    # A fresh run into the directory moves the old run's files aside, all of them, under one suffix.
+    train(run, "--train.seed", "3", "--train.max_steps", "5")
+    assert [r["step"] for r in records(run)] == [5] and records(run)[0]["train_loss"] != first[0]["train_loss"]
+    aside = {p.name for p in run.iterdir() if ".replaced" in p.name}
+    assert aside == {f"{n}.replaced1" for n in ("config.json", "labels.txt", "metrics.jsonl", "final_metrics.json", "checkpoints")}
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl.replaced1").read_text().splitlines()] == [5, 10]
+    assert (run / "checkpoints.replaced1" / "step10").is_dir() and not (run / "checkpoints" / "step10").exists()
+
+
+def test_diverging_run_stops_with_one_sentence(tmp_path):
+    run = tmp_path / "run"
+    proc = train(run, "--train.lr", "1e30", check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "the training loss is nan at step" in errors[0] and "the run diverged" in errors[0]
+    assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+
+
+def test_keep_metrics_through(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s}) + "\n" for s in (5, 10, 15)) + '{"step": 2')  # a cut last line
+    assert keep_metrics_through(path, lambda r: r["step"] <= 10) == 2
+    assert path.read_text() == '{"step": 5}\n{"step": 10}\n'
+    assert keep_metrics_through(path, lambda r: True) == 0 and keep_metrics_through(tmp_path / "none", lambda r: True) == 0
+
+
+def test_dropout_seeds_differ_per_micro_batch_and_rank():
+    # 2 micro-batches a step (accumulation 2), 4 ranks, 50 steps: every (micro-batch, rank) its own masks.
+    seeds = {dropout_seed(0, step * 2 + micro, rank) for step in range(50) for micro in range(2) for rank in range(4)}
+    assert len(seeds) == 50 * 2 * 4
+    assert dropout_seed(7, 3, 1) == 7 * 1_000_003 + 3 * 7919 + 1  # accumulation 1: the masks runs had before
