@@ -47,9 +47,10 @@ def test_670k_table_matches_the_seed_budget(shape_670k):
     assert (rows["output"].weights, rows["output"].biases, rows["output"].seed_count) == (343_086_592, 670_091, 343_000_000)
     assert rows["output"].seed_formula == "512 x 670091"
     assert seed_total(list(rows.values())) == 358_510_000
-    # 359,272,747 - 358,510,000 = 762,747 = 88,048 of rounding (86,592 + 1,456) + 670,699 biases.
+    # 359,272,747 - 358,510,000 = 762,747 = 88,048 of rounding the layers (86,592 + 1,456)
+    # + 4,000 of rounding their sum 358,514,000 to 358.51M + 670,699 biases.
     why = seed_explanation(list(rows.values()))
-    assert "762,747" in why and "88,048" in why and "670,699" in why
+    assert "762,747" in why and "88,048" in why and "by 4,000 more (358,514,000 written 358.51M)" in why and "670,699" in why
 
 
 SGM_PINNED = ["--synthetic.num_labels", "50", "--data.vocab_size", "3000", "--model.embed_dim", "32",

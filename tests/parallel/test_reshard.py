@@ -13,6 +13,7 @@ from xmtc.config import ConfigError, UserError
 from xmtc.parallel.groups import label_range
 from xmtc.parallel.reshard import (
     check_resume_layout,
+    load_shard_states,
     load_unsharded_state,
     model_file,
     read_layout,
@@ -157,3 +158,35 @@ def test_cli_reports_the_new_tag(run, capsys):
     assert "step2-shards1" in capsys.readouterr().out
     assert main(["--run", str(ckpt.parent), "--to", "1"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_sgm_label_head_round_trips_through_one_shard(tmp_path):
+    """SGM's label head (L + 1 outputs with EOS) sharded 2 -> 1 -> 3; an unsharded tag has no
+    label_shards.json, so the sharded entries are told by the model's keys."""
+    torch.manual_seed(1)
+    outputs = 8
+    names = ("decoder.label_head.weight", "decoder.label_head.bias", "decoder.label_head.embedding")
+    full = {names[0]: torch.randn(outputs, 4), names[1]: torch.randn(outputs), names[2]: torch.randn(outputs, 3),
+            "encoder.embedding.weight": torch.randn(5, 2)}
+
+    def write(tag_dir, num_shards, layout=True):
+        tag_dir.mkdir(parents=True)
+        for s in range(num_shards):
+            rows = slice(*label_range(outputs, num_shards, s))
+            module = {k: (v[rows].clone() if k in names else v) for k, v in full.items()}
+            torch.save({"module": module, "optimizer": None, "mp_world_size": num_shards}, model_file(tag_dir, s))
+        if layout:
+            (tag_dir / "label_shards.json").write_text(json.dumps({"num_shards": num_shards, "num_labels": outputs,
+                                                                   "sharded": list(names), "zero_stage": 0}))
+
+    ckpt = tmp_path / "checkpoints"
+    write(ckpt / "step2", 2)
+    one = reshard_tag(ckpt, "step2", 1)
+    assert not (ckpt / one / "label_shards.json").exists() and load_shard_states(ckpt / one)[0]["sharded"] == list(names)
+    three = reshard_tag(ckpt, one, 3)
+    for s in range(3):
+        rows = slice(*label_range(outputs, 3, s))
+        assert_same(torch.load(model_file(ckpt / three, s), weights_only=False)["module"],
+                    {k: (v[rows] if k in names else v) for k, v in full.items()})
+    write(ckpt / "step4", 2, layout=False)  # a save interrupted before label_shards.json
+    assert_same(load_unsharded_state(ckpt / "step4"), full)

@@ -134,9 +134,13 @@ def seed_explanation(rows: list[LayerRow]) -> str:
         return ""
     weights = sum(r.weights for r in rows)
     biases = sum(r.biases for r in rows)
-    rounding = weights - sum(r.seed_count for r in rows)
-    return (f"exact {total:,} - seed {seed:,} = {total - seed:,}: the seed rounds the weights down by {rounding:,} "
-            f"(512 x 670,091 = 343,086,592 written 343M; 6,291,456 written 6.29M) and leaves out {biases:,} biases")
+    layers = sum(r.seed_count for r in rows)
+    rounding = weights - layers
+    total_rounding = layers - seed
+    assert rounding + total_rounding + biases == total - seed
+    return (f"exact {total:,} - seed {seed:,} = {total - seed:,}: the seed rounds the layers' weights down by {rounding:,} "
+            f"(512 x 670,091 = 343,086,592 written 343M; 6,291,456 written 6.29M), its total by {total_rounding:,} more "
+            f"({layers:,} written {seed / 1e6:.2f}M), and leaves out {biases:,} biases")
 
 
 def count_parameters(model: nn.Module) -> int:

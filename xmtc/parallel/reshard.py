@@ -46,8 +46,22 @@ def read_layout(tag_dir: Path) -> dict:
     if model_file(tag_dir, 1).is_file():
         # Files written but not yet described (a save interrupted between the two): infer the layout.
         shards = sum(1 for _ in tag_dir.glob("mp_rank_*_model_states.pt"))
-        return {"num_shards": shards, "sharded": ["output.weight", "output.bias"], "inferred": True}
+        return {"num_shards": shards, "inferred": True}
     return {"num_shards": 1}
+
+
+def sharded_names(module_keys) -> list[str]:
+    """The label-sharded entries of a model's state dict, told by its keys: SGM's label head or
+    XML-CNN's output layer (for tags without label_shards.json: unsharded, or an interrupted save)."""
+    from xmtc.parallel.label_shards import SHARDED_NAMES
+    from xmtc.parallel.sgm_shards import SGM_SHARDED_NAMES
+
+    keys = set(module_keys)
+    for names in (SGM_SHARDED_NAMES, SHARDED_NAMES):
+        present = [n for n in names if n in keys]
+        if present:
+            return present
+    raise UserError(f"the checkpoint's model has none of {SHARDED_NAMES + SGM_SHARDED_NAMES}: nothing to shard by label")
 
 
 def _load(path: Path) -> dict:
@@ -59,7 +73,10 @@ def _load(path: Path) -> dict:
 def load_shard_states(tag_dir: Path) -> tuple[dict, list[dict]]:
     """(layout, the DeepSpeed model-states dict of every shard in shard order)."""
     layout = read_layout(tag_dir)
-    return layout, [_load(model_file(tag_dir, s)) for s in range(layout["num_shards"])]
+    states = [_load(model_file(tag_dir, s)) for s in range(layout["num_shards"])]
+    if "sharded" not in layout:
+        layout["sharded"] = sharded_names(states[0]["module"])
+    return layout, states
 
 
 def merge_module_states(layout: dict, modules: list[dict]) -> dict[str, torch.Tensor]:
@@ -93,7 +110,7 @@ def reshard_optimizer(tag_dir: Path, layout: dict, states: list[dict], num_shard
     named = [read_named_state(tag_dir, s, layout, states[s]) for s in range(len(states))]
     if any(n is None for n in named):
         return None
-    sharded = set(layout.get("sharded", ("output.weight", "output.bias")))
+    sharded = set(layout["sharded"])
     return split_named_state(named, sharded, lambda full: split_rows(full, num_shards), num_shards)
 
 
@@ -108,7 +125,7 @@ def reshard_tag(ckpt_dir: Path, tag: str, num_shards: int, new_tag: str | None =
     if layout.get("inferred"):
         raise UserError(f"{src} lacks {SHARDS_FILE} (its save was interrupted); re-shard an earlier tag")
     full = merge_module_states(layout, [s["module"] for s in states])
-    sharded = list(layout.get("sharded", ("output.weight", "output.bias")))
+    sharded = list(layout["sharded"])
     num_labels = full[sharded[0]].shape[0]
     if not 1 <= num_shards <= num_labels:
         raise UserError(f"--to {num_shards} must be between 1 and the {num_labels} labels")
