@@ -320,7 +320,10 @@ def fused_linear_bce(features, weight, bias, target_idx, target_offsets, label_o
 def _topk_lowest_index(scores, k):
     """Exact top-k of each row, ordered by score then lower column: topk picks values, ties at
     the k-th value go to the lowest columns."""
-    kth = scores.topk(k, dim=1).values[:, -1:]
+    values = scores.topk(k, dim=1).values
+    if torch.isnan(values[:, 0]).any():  # topk ranks NaN first
+        raise FloatingPointError("linear_topk: the scores hold NaN; the model's weights or inputs are NaN (a diverged run?)")
+    kth = values[:, -1:]
     take = scores > kth
     tied = scores == kth
     need = k - take.sum(dim=1, keepdim=True)

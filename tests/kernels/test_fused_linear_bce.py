@@ -276,3 +276,13 @@ def test_linear_topk_breaks_ties_toward_lower_labels(chunk_size):
 def test_linear_topk_rejects_k_larger_than_the_shard():
     with pytest.raises(ValueError, match="k must be in"):
         linear_topk(torch.randn(2, 3), torch.randn(4, 3), None, 5)
+
+
+def test_linear_topk_names_nan_scores():
+    features, weight = torch.randn(3, 4), torch.randn(10, 4)
+    weight[6] = float("nan")  # one label of a diverged model
+    with pytest.raises(FloatingPointError, match="the scores hold NaN"):
+        linear_topk(features, weight, None, 3, chunk_size=4)
+    features[1, 2] = float("nan")
+    with pytest.raises(FloatingPointError, match="the scores hold NaN"):
+        linear_topk(features, torch.randn(10, 4), None, 2)
