@@ -120,6 +120,9 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     """Train and evaluate per `cfg`; returns the final metrics (on every rank)."""
     import deepspeed
 
+    # First thing, so that SIGTERM/SIGUSR1 during start-up (preemption) also ends in a checkpoint and 75.
+    stop = StopSignal()
+    stop.install()
     ops.set_kernel_backend(cfg.model.kernels)
     dist_info = setup(cfg.parallel, cfg.train.device, local_rank_arg)
     cfg.check_batch(dist_info.world_size)
@@ -256,8 +259,6 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
             if previous is not None and previous["tag"].startswith("best-step") and previous["tag"] != tag:
                 shutil.rmtree(ckpt_dir / previous["tag"], ignore_errors=True)
 
-    stop = StopSignal()
-    stop.install()
     bar = _progress(total_steps, step, cfg.train.progress and dist_info.is_main)
     samples_per_step = cfg.micro_batch_size * cfg.grad_accum * plan.data_world_size
     t_start = time.perf_counter()

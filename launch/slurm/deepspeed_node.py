@@ -1,9 +1,13 @@
 """Start DeepSpeed's per-node launcher on one node of a SLURM allocation (XMTC_LAUNCHER=deepspeed).
 
 train_job.sh runs this through `srun` once per node. It describes the allocation to DeepSpeed
-(nodes in order, ranks per node, and this node's own device ids) and replaces itself with
-`python -m deepspeed.launcher.launch`, which forks the node's ranks and exits with the first
-non-zero exit code among them (75 after a checkpoint on a signal).
+(nodes in order, ranks per node, and this node's own device ids) and runs DeepSpeed's per-node
+launcher (`deepspeed.launcher.launch`) in this process; it forks the node's ranks and exits with the
+first non-zero exit code among them (75 after a checkpoint on a signal).
+
+SLURM delivers SIGTERM (scancel, preemption, the time limit) and SIGUSR1 to every process of the
+step, the ranks included, and the ranks checkpoint on either. The launcher itself ignores both: its
+own SIGTERM handler would kill the ranks within 30 s and exit with 1, losing their 75 (requeue).
 
     deepspeed_node.py HOSTS RANKS_PER_NODE MASTER_ADDR MASTER_PORT LOG_DIR TRAIN_SCRIPT [ARGS...]
 
@@ -17,6 +21,9 @@ import json
 import os
 import signal
 import sys
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 def local_device_ids(ranks: int) -> list:
@@ -41,12 +48,22 @@ def main(argv: list[str]) -> int:
     # Only this node's entry is used for devices; the others only need the right length.
     world = {h: (local_device_ids(ranks) if i == node_rank else list(range(ranks))) for i, h in enumerate(hosts)}
     world_info = base64.urlsafe_b64encode(json.dumps(world).encode()).decode()
-    # The launcher is signalled with its ranks; USR1 is for the ranks (they checkpoint), not a reason to die.
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world_info}",
-           f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}",
-           f"--enable_each_rank_log={log_dir}", *train]
-    os.execv(sys.executable, cmd)
+    # The launcher is signalled with its ranks: the signals are for the ranks (they checkpoint), not a reason to die.
+    # The ranks inherit the ignoring until the trainer installs its handler, which it does first thing.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    os.environ["PYTHONUNBUFFERED"] = "1"
+    sys.argv = ["deepspeed.launcher.launch", f"--world_info={world_info}", f"--node_rank={node_rank}",
+                f"--master_addr={master_addr}", f"--master_port={master_port}", f"--enable_each_rank_log={log_dir}", *train]
+    from deepspeed.launcher import launch
+
+    install = signal.signal
+    signal.signal = lambda sig, handler: install(sig, signal.SIG_IGN if sig in STOP_SIGNALS else handler)
+    try:
+        launch.main()  # exits with the first non-zero exit code of the ranks
+    finally:
+        signal.signal = install
+    return 0
 
 
 if __name__ == "__main__":

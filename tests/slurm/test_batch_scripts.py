@@ -5,6 +5,7 @@ as long as its slowest job: a run that is signalled, checkpoints, is requeued an
   reference            plain `sbatch` with resource flags, srun (one process per rank), runs to the end
   preempted_srun       submit.sh with XMTC_* variables, srun; USR1 to the job steps after its first checkpoint
   preempted_deepspeed  multi_node.sbatch, the DeepSpeed launcher per node; USR1 to the batch shell instead
+  terminated_deepspeed the same, SIGTERM to every process of the job steps: DeepSpeed's launcher must pass on 75
   rank_killed          rank 1 is SIGKILLed at start-up; rank 0, left waiting for it, must not keep the job alive
   bad_config           a config that does not exist
 `scancel --signal=USR1 JOB` reaches every process of the job steps and not the batch shell, like the
@@ -87,7 +88,7 @@ def rank_pid(cluster, job_id: int, rank: int) -> int | None:
 def jobs(slurm_cluster, tmp_path_factory) -> dict[str, Job]:
     cluster = slurm_cluster
     work = tmp_path_factory.mktemp("slurm_jobs")
-    names = ("reference", "preempted_srun", "preempted_deepspeed", "rank_killed", "bad_config")
+    names = ("reference", "preempted_srun", "preempted_deepspeed", "terminated_deepspeed", "rank_killed", "bad_config")
     jobs = {n: Job(n, work / n) for n in names}
     cpu_node = {"XMTC_GPUS_PER_NODE": "0", "XMTC_RANKS_PER_NODE": "2", "XMTC_CPUS_PER_RANK": "1"}
     sbatch = ["sbatch", "--parsable", "--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1", "--time=20"]
@@ -101,6 +102,9 @@ def jobs(slurm_cluster, tmp_path_factory) -> dict[str, Job]:
     j = jobs["preempted_deepspeed"]
     submit(cluster, work, j, [submit_sh, multi, "--parsable", "--time=20"],
            job_env(j, XMTC_NODES="1", XMTC_LAUNCHER="deepspeed", **cpu_node))
+    j = jobs["terminated_deepspeed"]
+    submit(cluster, work, j, [submit_sh, multi, "--parsable", "--time=20"],
+           job_env(j, XMTC_NODES="1", XMTC_LAUNCHER="deepspeed", **cpu_node))
     j = jobs["rank_killed"]
     submit(cluster, work, j, [submit_sh, single, "--parsable", "--time=20"],
            job_env(j, XMTC_EXIT_GRACE=str(GRACE_S), **cpu_node))
@@ -111,9 +115,10 @@ def jobs(slurm_cluster, tmp_path_factory) -> dict[str, Job]:
     running = dict(jobs)
     while running:
         for j in list(running.values()):
-            if not j.acted_at and j.name.startswith("preempted") and (j.out / "checkpoints" / "latest").is_file():
-                to_batch_shell = ["--batch"] if j.name == "preempted_deepspeed" else []
-                cluster.run("scancel", *to_batch_shell, "--signal=USR1", str(j.job_id))
+            if not j.acted_at and j.name.startswith(("preempted", "terminated")) and (j.out / "checkpoints" / "latest").is_file():
+                how = {"preempted_srun": ["--signal=USR1"], "preempted_deepspeed": ["--batch", "--signal=USR1"],
+                       "terminated_deepspeed": ["--signal=TERM"]}[j.name]
+                cluster.run("scancel", *how, str(j.job_id))
                 j.acted_at = time.monotonic()
             if not j.acted_at and j.name == "rank_killed":
                 pid = rank_pid(cluster, j.job_id, rank=1)
@@ -153,7 +158,7 @@ def test_batch_job_trains_to_the_end(jobs):
     assert f"final metrics (step {STEPS}" in job.log(restart=0, rank=0)
 
 
-@pytest.mark.parametrize("name", ["preempted_srun", "preempted_deepspeed"])
+@pytest.mark.parametrize("name", ["preempted_srun", "preempted_deepspeed", "terminated_deepspeed"])
 def test_signal_checkpoints_requeues_and_resumes_exactly(jobs, name):
     job, reference = jobs[name], jobs["reference"]
     assert job.acted_at, f"{name} never wrote a checkpoint, so it was never signalled"
