@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from test_train_integration import ROOT, env
 
-from xmtc.checkpoint import keep_metrics_through
+from xmtc.checkpoint import check_corpus_matches_run, keep_metrics_through
 from xmtc.trainer import dropout_seed
 
 
@@ -60,14 +61,20 @@ def test_run_directory_lifecycle(tmp_path):
     train(run, "--train.seed", "3", "--train.max_steps", "5")
     assert [r["step"] for r in records(run)] == [5] and records(run)[0]["train_loss"] != first[0]["train_loss"]
     aside = {p.name for p in run.iterdir() if ".replaced" in p.name}
-    assert aside == {f"{n}.replaced1" for n in ("config.json", "labels.txt", "metrics.jsonl", "final_metrics.json", "checkpoints")}
+    assert aside == {f"{n}.replaced1" for n in ("config.json", "labels.txt", "tokenizer", "metrics.jsonl", "final_metrics.json", "checkpoints")}
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl.replaced1").read_text().splitlines()] == [5, 10]
     assert (run / "checkpoints.replaced1" / "step10").is_dir() and not (run / "checkpoints" / "step10").exists()
 
 
+def rendezvous_dirs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("xmtc-rdzv-*")}
+
+
 def test_diverging_run_stops_with_one_sentence(tmp_path):
     run = tmp_path / "run"
+    before = rendezvous_dirs()
     proc = train(run, "--train.lr", "1e30", check=False)
+    assert rendezvous_dirs() <= before  # a lone process's file rendezvous is removed, even on an error exit
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "the training loss is nan at step" in errors[0] and "the run diverged" in errors[0]
@@ -87,3 +94,22 @@ def test_dropout_seeds_differ_per_micro_batch_and_rank():
     seeds = {dropout_seed(0, step * 2 + micro, rank) for step in range(50) for micro in range(2) for rank in range(4)}
     assert len(seeds) == 50 * 2 * 4
     assert dropout_seed(7, 3, 1) == 7 * 1_000_003 + 3 * 7919 + 1  # accumulation 1: the masks runs had before
+
+
+def test_evaluate_refuses_a_corpus_other_than_the_trained_one(tmp_path):
+    import types
+
+    import pytest
+
+    from xmtc.config import UserError
+    from xmtc.data.tokenizer import WhitespaceTokenizer
+
+    tokenizer = WhitespaceTokenizer(["apple", "fig"])
+    (tmp_path / "labels.txt").write_text("earn\nacq\n")
+    tokenizer.save(tmp_path / "tokenizer")
+    corpus = types.SimpleNamespace(label_names=["earn", "acq"], tokenizer=tokenizer, cache_path=tmp_path / "c", num_labels=2)
+    check_corpus_matches_run(tmp_path, corpus)
+    with pytest.raises(UserError, match="its labels.txt differs"):
+        check_corpus_matches_run(tmp_path, types.SimpleNamespace(**{**vars(corpus), "label_names": ["acq", "earn"]}))
+    with pytest.raises(UserError, match="its tokenizer/ differs"):
+        check_corpus_matches_run(tmp_path, types.SimpleNamespace(**{**vars(corpus), "tokenizer": WhitespaceTokenizer(["fig", "apple"])}))

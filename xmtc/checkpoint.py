@@ -61,7 +61,7 @@ def set_aside_tag(ckpt_dir: Path, tag: str) -> Path:
     return aside
 
 
-RUN_FILES = ("config.json", "labels.txt", "metrics.jsonl", "final_metrics.json", "checkpoints")
+RUN_FILES = ("config.json", "labels.txt", "tokenizer", "metrics.jsonl", "final_metrics.json", "checkpoints")
 """What a run writes into its output_dir (besides what a config points there, such as a cache)."""
 
 
@@ -131,6 +131,25 @@ def load_model_state(ckpt_dir: str | Path, tag: str | None = None) -> dict[str, 
     return {k: v.float() for k, v in states["module"].items()}
 
 
+def check_corpus_matches_run(run_dir: Path, corpus) -> None:
+    """The corpus rebuilt from a run's config must be the one it trained on: same labels in the same
+    order (labels.txt), same tokenizer (tokenizer/); else its weights would be read against other ids."""
+    from xmtc.data import load_tokenizer
+
+    labels = run_dir / "labels.txt"
+    if labels.is_file() and labels.read_text(encoding="utf-8").splitlines() != corpus.label_names:
+        raise UserError(f"the data behind {run_dir} changed since it trained: its labels.txt differs from the labels of "
+                        f"{corpus.cache_path} ({corpus.num_labels}); point the run's config.json at the data it trained on")
+    saved = run_dir / "tokenizer"
+    if saved.is_dir() and tokenizer_state(load_tokenizer(saved)) != tokenizer_state(corpus.tokenizer):
+        raise UserError(f"the data behind {run_dir} changed since it trained: its tokenizer/ differs from the one of "
+                        f"{corpus.cache_path}; point the run's config.json at the data it trained on")
+
+
+def tokenizer_state(tokenizer) -> tuple:
+    return (tokenizer.kind, getattr(tokenizer, "words", None), getattr(tokenizer, "model_proto", None))
+
+
 def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu"):
     """(config, model with trained weights in eval mode, corpus) of a finished or running run.
 
@@ -144,6 +163,7 @@ def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu"):
         raise UserError(f"{run_dir} is not a run directory (no config.json); pass the train.output_dir of a run")
     cfg: Config = load_config(str(run_dir / "config.json"))
     corpus = load_corpus(cfg.data, cfg.synthetic)
+    check_corpus_matches_run(run_dir, corpus)
     model = build_model(cfg, corpus.num_labels, corpus.vocab_size)
     ckpt_dir = run_dir / "checkpoints"
     model.load_state_dict(load_model_state(ckpt_dir, resolve_tag(ckpt_dir, tag, prefer_best=True)))

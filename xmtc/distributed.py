@@ -7,9 +7,11 @@ Launchers covered: `deepspeed` (passes --local_rank and sets RANK/WORLD_SIZE), `
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -101,7 +103,11 @@ def setup(parallel: ParallelConfig, device: str = "auto", local_rank_arg: int | 
         raise ConfigError("config key 'parallel.dist_backend' is \"nccl\" but the device is the CPU; use \"gloo\" or \"auto\"")
     if not dist.is_initialized():
         # A lone process rendezvous through a file: no port to race other jobs for.
-        init_method = f"file://{tempfile.mkdtemp(prefix='xmtc-rdzv-')}/store" if alone else None
+        init_method = None
+        if alone:
+            rendezvous = tempfile.mkdtemp(prefix="xmtc-rdzv-")
+            atexit.register(shutil.rmtree, rendezvous, ignore_errors=True)  # the store removes only its file
+            init_method = f"file://{rendezvous}/store"
         with stale_extension_locks_cleared():  # DeepSpeed JIT-loads its CPU shared-memory op in here
             deepspeed.init_distributed(
                 dist_backend=backend,

@@ -10,6 +10,7 @@ Everything a run writes goes to `train.output_dir`:
   final_metrics.json    the test evaluation at the end (of the selected step's weights when
                         `train.select_metric` is set) plus train_loss, step, timings and the selection
   labels.txt            label names in id order (most frequent first)
+  tokenizer/            the tokenizer (xmtc.evaluate/predict check that the corpus they rebuild has the same)
 
 A run stopped by SIGUSR1/SIGTERM checkpoints at the next step boundary and exits with code 75
 (`EXIT_REQUEUE`); `train.resume` continues exactly: same data order, same schedule, same dropout.
@@ -217,6 +218,7 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
                 print0(f"{out} holds another run's files: moved them to <name>.replaced{aside}")
         cfg.save(out / "config.json")
         atomic_write_text(out / "labels.txt", "\n".join(corpus.label_names) + "\n")
+        corpus.tokenizer.save(out / "tokenizer")
     torch.distributed.barrier()
 
     written: set[str] = set()  # tags this process saved (saving one again is DeepSpeed's overwrite)
