@@ -110,3 +110,12 @@ def test_text_is_learnable_from_word_combinations(monkeypatch):
 def test_bad_synthetic_settings(field, value, message):
     with pytest.raises(ConfigError, match="^" + message.replace("[", r"\[").replace("]", r"\]")):
         generate_synthetic(SyntheticConfig(**{field: value}))
+
+
+def test_labels_too_rare_to_draw_stop_instead_of_hanging():
+    # zipf 60 over 3 labels: labels 2 and 3 get probability 2^-60 and 3^-60, which round to 0 in the cdf;
+    # documents of 3 distinct labels could never be filled.
+    cfg = SyntheticConfig(num_labels=3, num_train=10, num_test=2, labels_per_doc=3.0, zipf_exponent=60.0, doc_len=5, noise_words=5)
+    with pytest.raises(ConfigError, match="leave only 1 label.* fewer than a document's 3 labels"):
+        generate_synthetic(cfg)
+    generate_synthetic(SyntheticConfig(num_labels=3, num_train=10, num_test=2, labels_per_doc=3.0, zipf_exponent=2.0, doc_len=5, noise_words=5))

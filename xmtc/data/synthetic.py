@@ -82,6 +82,12 @@ def zipf_cdf(num_labels: int, exponent: float) -> np.ndarray:
 def draw_label_sets(rng: np.random.Generator, cdf: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per document `sizes[d]` distinct labels drawn from `cdf` -> (offsets [n+1], label ids), doc-major."""
     n, num_labels = len(sizes), len(cdf)
+    drawable = int(np.count_nonzero(np.diff(cdf, prepend=0.0) > 0))
+    if len(sizes) and sizes.max() > drawable:
+        raise ConfigError(
+            f"the synthetic label frequencies leave only {drawable} label(s) a probability above 0 in floating point, "
+            f"fewer than a document's {sizes.max()} labels; lower config key 'synthetic.zipf_exponent' or 'synthetic.labels_per_doc'"
+        )
     doc = np.repeat(np.arange(n, dtype=np.int64), sizes)
     keys = np.unique(doc * num_labels + np.searchsorted(cdf, rng.random(len(doc)), side="right"))
     # Repeated draws of a document's frequent labels collapse; redraw until every document is full.
