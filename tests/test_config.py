@@ -65,6 +65,7 @@ def test_overrides_are_typed_and_nested():
         ({"train": {"weight_decay": -0.1}}, "config key 'train.weight_decay' must be at least 0, got -0.1"),
         ({"train": {"betas": [0.9]}}, "config key 'train.betas' must be two numbers in [0, 1), e.g. [0.9, 0.999]; got [0.9]"),
         ({"deepspeed": {"train_batch_size": "abc"}}, "config key 'deepspeed.train_batch_size' must be a positive integer, got 'abc'"),
+        ({"deepspeed": {"scheduler": {"type": "WarmupLR"}}}, "config key 'deepspeed.scheduler' is set without 'deepspeed.optimizer'"),
     ],
 )
 def test_bad_configs_name_the_key(raw, message):

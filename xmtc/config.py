@@ -574,6 +574,11 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"config key 'train.weight_decay' must be at least 0, got {cfg.train.weight_decay}")
     if len(cfg.train.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.train.betas):
         raise ConfigError(f"config key 'train.betas' must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {cfg.train.betas}")
+    if "scheduler" in cfg.deepspeed and "optimizer" not in cfg.deepspeed:
+        raise ConfigError(
+            "config key 'deepspeed.scheduler' is set without 'deepspeed.optimizer': the trainer's torch optimizer follows "
+            "train.lr_schedule (with train.warmup_steps, train.min_lr_ratio); remove the scheduler block, or add an optimizer block"
+        )
     given = cfg.deepspeed.get("train_batch_size")
     if given is not None and (not isinstance(given, int) or isinstance(given, bool) or given < 1):
         raise ConfigError(f"config key 'deepspeed.train_batch_size' must be a positive integer, got {given!r}")
