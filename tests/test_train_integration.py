@@ -194,6 +194,7 @@ def test_model_selection_tests_the_best_validation_step(runs, tmp_path):
               "--train.eval_every", "5", "--train.lr", "0.03")
     run_train(out, *common, "--train.max_steps", "20")
     first_best = json.loads((out / "checkpoints" / "best.json").read_text())
+    (out / "checkpoints" / "best-step15.replaced1").mkdir()  # what a crash between best.json and the old copy's removal leaves
     final = run_train(out, *common, "--train.resume", "true")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     valid = [r for r in records if r["split"] == "valid" and r["step"] > 0]

@@ -212,6 +212,14 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
             dropped = keep_metrics_through(out / "metrics.jsonl", lambda r: r.get("step", 0) < step or (r.get("step") == step and step < total_steps))
             if dropped:
                 print0(f"metrics.jsonl: dropped {dropped} record(s) logged after step {step} by the interrupted run")
+            if select:
+                # Copies a crash left between best.json and the removal of the previous best, or selections
+                # of steps after this checkpoint: only the selection in force is kept.
+                for stray in ckpt_dir.glob("best-step*"):
+                    if best is None or stray.name != best["tag"]:
+                        shutil.rmtree(stray, ignore_errors=True)
+                if best is None:
+                    (ckpt_dir / BEST_FILE).unlink(missing_ok=True)
         else:
             aside = set_aside_run(out)
             if aside is not None:
