@@ -116,6 +116,9 @@ class ShardedLabelHead(LabelHead):
         dist.all_gather_into_tensor(all_ids, ids.contiguous(), group=self.group)
         cand_values = all_values.view(n, rows, k).permute(1, 0, 2).reshape(rows, n * k)
         cand_ids = all_ids.view(n, rows, k).permute(1, 0, 2).reshape(rows, n * k)
+        # Ties (masked outputs at -inf, above all) go to the lower id, so a padding id never beats a real one.
+        by_id = cand_ids.argsort(dim=1, stable=True)
+        cand_values, cand_ids = cand_values.gather(1, by_id), cand_ids.gather(1, by_id)
         order = cand_values.argsort(dim=1, descending=True, stable=True)[:, :k]
         return cand_values.gather(1, order), cand_ids.gather(1, order)
 
