@@ -29,8 +29,9 @@ def _dynamic_max_pool_fwd_kernel(
     row = tl.program_id(0)  # one (batch, channel) row
     chunk = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     chunk_ok = chunk < P
-    start = (chunk * T) // P
-    stop = ((chunk + 1) * T + P - 1) // P
+    wide = chunk.to(tl.int64)  # chunk * T passes 2^31 once P * T does
+    start = ((wide * T) // P).to(tl.int32)
+    stop = (((wide + 1) * T + P - 1) // P).to(tl.int32)
     x_row = x_ptr + row.to(tl.int64) * T
     bias = 0.0
     if HAS_BIAS:
@@ -65,9 +66,10 @@ def _dynamic_max_pool_bwd_kernel(
     row = tl.program_id(0)
     t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = t < T
-    # Chunks containing t: i in [floor(t*P/T), ceil((t+1)*P/T) - 1].
-    first = (t * P) // T
-    last = ((t + 1) * P + T - 1) // T - 1
+    # Chunks containing t: i in [floor(t*P/T), ceil((t+1)*P/T) - 1] (in int64: t * P passes 2^31 once P * T does).
+    wide = t.to(tl.int64)
+    first = ((wide * P) // T).to(tl.int32)
+    last = (((wide + 1) * P + T - 1) // T - 1).to(tl.int32)
     acc = tl.zeros([BLOCK_T], tl.float32)
     row_off = row.to(tl.int64) * P
     for k in range(0, max_cover):

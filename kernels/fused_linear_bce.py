@@ -145,6 +145,7 @@ class LinearBCETritonFunction(GradientsInForward):
     @staticmethod
     def forward(ctx, features, weight, bias, pos_label, pos_row, chunk_size, criterion="bce"):
         features, weight = features.contiguous(), weight.contiguous()
+        bias = None if bias is None else bias.contiguous()  # the kernel reads it with stride 1
         B, H = features.shape
         L = weight.shape[0]
         device = features.device

@@ -298,7 +298,8 @@ class MaskedSoftmaxFunction(torch.autograd.Function):
         else:
             row_max, total = _local_stats(logits, emitted, label_offset, plan)
             shift = _finite_or_zero(row_max)
-        total = torch.where(total > 0, total, torch.ones_like(total)).contiguous()
+        positive = total > 0  # where the given row_sumexp has a gradient (elsewhere it is replaced by 1)
+        total = torch.where(positive, total, torch.ones_like(total)).contiguous()
         shift = shift.contiguous()
         probs = torch.empty_like(logits) if return_probs else None
         D = 0 if table is None else table.shape[1]
@@ -316,14 +317,14 @@ class MaskedSoftmaxFunction(torch.autograd.Function):
             BLOCK_B=plan.BLOCK_B, BLOCK_L=plan.BLOCK_L, BLOCK_T=plan.BLOCK_T, BLOCK_D=plan.BLOCK_D,
         )
         e_bar32 = None if parts is None else parts.sum(dim=0)
-        ctx.save_for_backward(logits, emitted, table, shift, total, e_bar32)
+        ctx.save_for_backward(logits, emitted, table, shift, total, e_bar32, positive)
         ctx.plan, ctx.label_offset, ctx.log, ctx.sharded = plan, label_offset, log, sharded
         ctx.sumexp_dtype = None if row_sumexp is None else row_sumexp.dtype
         return probs, None if e_bar32 is None else e_bar32.to(table.dtype)
 
     @staticmethod
     def backward(ctx, grad_p, grad_e):
-        logits, emitted, table, shift, total, e_bar32 = ctx.saved_tensors
+        logits, emitted, table, shift, total, e_bar32, positive = ctx.saved_tensors
         plan, offset = ctx.plan, ctx.label_offset
         B, L = logits.shape
         grad_p = None if grad_p is None else grad_p.contiguous()
@@ -359,8 +360,8 @@ class MaskedSoftmaxFunction(torch.autograd.Function):
                 BLOCK_B=plan.BLOCK_B, BLOCK_L=plan.BLOCK_L, BLOCK_T=plan.BLOCK_T, BLOCK_D=plan.BLOCK_D,
             )
         if ctx.sharded and ctx.needs_input_grad[4]:
-            # total = row_sumexp where it is > 0 (else 1, constant): dL/dS = c / S there.
-            grad_sumexp = torch.where(total > 0, c / total, torch.zeros_like(c)).to(ctx.sumexp_dtype)
+            # total = row_sumexp where it is > 0 (else 1, constant): dL/dS = c / S there, 0 elsewhere.
+            grad_sumexp = torch.where(positive, c / total, torch.zeros_like(c)).to(ctx.sumexp_dtype)
         return grad_logits, None, grad_table, None, grad_sumexp, None, None, None
 
 

@@ -58,7 +58,7 @@ class ModelConfig:
     """Which training tokens the "ppmi_svd" vectors count: "whole" documents (read and tokenized again once,
     then cached) or "truncated", the first data.max_len tokens of each that the corpus keeps."""
     kernels: str = "auto"
-    """Fused ops: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch" (rule a kernel out)."""
+    """Fused ops: "auto" (XMTC_KERNELS decides, by default Triton on CUDA and torch elsewhere), "triton" or "torch" (rule a kernel out)."""
 
 
 @dataclass

@@ -30,6 +30,7 @@ from xmtc.ops_reference import (
 __all__ = [
     "BACKENDS",
     "set_kernel_backend",
+    "set_kernel_backend_from_config",
     "kernel_backend",
     "dynamic_max_pool",
     "masked_softmax",
@@ -54,6 +55,12 @@ def set_kernel_backend(name: str | None) -> str | None:
         raise ValueError(f"model.kernels must be one of {', '.join(BACKENDS)}; got {name!r}.")
     previous, _backend_override = _backend_override, name
     return previous
+
+
+def set_kernel_backend_from_config(model_kernels: str) -> None:
+    """Config `model.kernels`: "triton" or "torch" force that backend; "auto" (the default) leaves the
+    choice to XMTC_KERNELS, so `XMTC_KERNELS=torch` rules the kernels out of a run without editing it."""
+    set_kernel_backend(None if model_kernels == "auto" else model_kernels)
 
 
 def kernel_backend() -> str:
@@ -113,6 +120,8 @@ def dynamic_max_pool(x, bias, num_chunks, relu=True):
         raise ValueError(f"dynamic_max_pool: num_chunks must be >= 1; got {num_chunks}.")
     if bias is not None and tuple(bias.shape) != (x.shape[1],):
         raise ValueError(f"dynamic_max_pool: bias must be [{x.shape[1]}]; got {tuple(bias.shape)}.")
+    if bias is not None and bias.dtype != x.dtype:
+        raise ValueError(f"dynamic_max_pool: x is {x.dtype} but bias is {bias.dtype}.")
     if x.shape[2] == 0:
         raise ValueError("dynamic_max_pool: x has no time steps to pool.")
     if _use_triton(x):
@@ -189,6 +198,8 @@ def masked_softmax_weighted_sum(
             f"masked_softmax_weighted_sum: table must be [{logits.shape[1]}, D] (one row per label "
             f"column of logits); got {tuple(table.shape)}."
         )
+    if table.dtype != logits.dtype:
+        raise ValueError(f"masked_softmax_weighted_sum: logits are {logits.dtype} but table is {table.dtype}.")
     if (row_max is None) != (row_sumexp is None):
         raise ValueError("masked_softmax_weighted_sum: pass both row_max and row_sumexp, or neither.")
     if _use_triton(logits):
@@ -300,6 +311,8 @@ def fused_linear_bce(features, weight, bias, target_idx, target_offsets, label_o
         raise ValueError(f"fused_linear_bce: features are {features.dtype} but weight is {weight.dtype}.")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"fused_linear_bce: bias must be [{weight.shape[0]}]; got {tuple(bias.shape)}.")
+    if bias is not None and bias.dtype != weight.dtype:
+        raise ValueError(f"fused_linear_bce: weight is {weight.dtype} but bias is {bias.dtype}.")
     if target_offsets.dim() != 1 or target_offsets.numel() != features.shape[0] + 1:
         raise ValueError(
             f"fused_linear_bce: target_offsets must be [B+1] = [{features.shape[0] + 1}]; "
@@ -310,6 +323,8 @@ def fused_linear_bce(features, weight, bias, target_idx, target_offsets, label_o
     if criterion not in CRITERIA:
         raise ValueError(f"fused_linear_bce: criterion must be one of {CRITERIA}; got {criterion!r}.")
     pos_label, pos_row = sparse_positives(target_idx, target_offsets, weight.shape[0], label_offset)
+    if not torch.is_grad_enabled():  # the loss alone: no [L, H] weight gradient computed and thrown away
+        features, weight, bias = features.detach(), weight.detach(), None if bias is None else bias.detach()
     if _use_triton(features):
         from kernels.fused_linear_bce import LinearBCETritonFunction
 

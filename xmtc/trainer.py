@@ -124,7 +124,7 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     # First thing, so that SIGTERM/SIGUSR1 during start-up (preemption) also ends in a checkpoint and 75.
     stop = StopSignal()
     stop.install()
-    ops.set_kernel_backend(cfg.model.kernels)
+    ops.set_kernel_backend_from_config(cfg.model.kernels)
     dist_info = setup(cfg.parallel, cfg.train.device, local_rank_arg)
     cfg.check_batch(dist_info.world_size)
     out = Path(cfg.train.output_dir)

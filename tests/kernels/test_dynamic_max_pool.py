@@ -102,10 +102,23 @@ def test_triton_matches_reference_on_gpu(triton_backend, shape, dtype, atol, rto
     _check_against_reference(x, bias, p, relu=True, atol=atol, rtol=rtol)
 
 
+def test_triton_chunk_bounds_past_int32(triton_backend, device):
+    # p * T = 47,000^2 > 2^31: chunk * T and t * p overflowed int32 (reads out of bounds, NaN).
+    T = p = 47_000
+    x = torch.randn(1, 1, T, device=device, requires_grad=True)
+    out = dynamic_max_pool(x, None, p, relu=False)
+    ref = dynamic_max_pool_reference(x, None, p, relu=False)
+    assert torch.equal(out, ref)
+    g = torch.randn_like(out)
+    assert torch.equal(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+
+
 def test_rejects_bad_shapes(torch_backend):
     with pytest.raises(ValueError, match="x must be"):
         dynamic_max_pool(torch.randn(3, 4), None, 2)
     with pytest.raises(ValueError, match="bias must be"):
         dynamic_max_pool(torch.randn(1, 3, 4), torch.randn(4), 2)
+    with pytest.raises(ValueError, match="x is torch.float32 but bias is torch.float64"):
+        dynamic_max_pool(torch.randn(1, 3, 4), torch.randn(3, dtype=torch.float64), 2)
     with pytest.raises(ValueError, match="num_chunks"):
         dynamic_max_pool(torch.randn(1, 3, 4), None, 0)

@@ -209,6 +209,23 @@ def test_sharded_weighted_sum_equals_unsharded(request, device, backend, log):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_row_sumexp_gradient_is_zero_where_it_is_zero(request, device, backend):
+    # Row 1 has nothing finite: its given row_sumexp is 0, replaced by 1 inside, so no gradient reaches it.
+    request.getfixturevalue(f"{backend}_backend")
+    torch.manual_seed(3)
+    logits = torch.randn(2, 20, device=device)
+    logits[1] = float("-inf")
+    row_max = torch.stack([logits[0].max(), torch.tensor(float("-inf"), device=device)])
+    row_sumexp = torch.stack([torch.exp(logits[0] - row_max[0]).sum(), torch.zeros((), device=device)]).requires_grad_()
+    emitted = torch.full((2, 1), -1, device=device, dtype=torch.long)
+    probs, e_bar = masked_softmax_weighted_sum(logits, emitted, torch.randn(20, 4, device=device), log=True,
+                                               row_max=row_max, row_sumexp=row_sumexp)
+    (grad,) = torch.autograd.grad([probs, e_bar], [row_sumexp], [torch.ones_like(probs), torch.zeros_like(e_bar)])
+    assert grad[1].item() == 0.0
+    assert grad[0].item() == pytest.approx(-20 / row_sumexp[0].item(), rel=1e-5)  # d/dS of sum_l (z_l - m - log S)
+
+
 # --------------------------------------------------------------------------------- GPU only
 
 
@@ -242,6 +259,8 @@ def test_rejects_bad_inputs(torch_backend):
         masked_softmax(logits, torch.zeros(2, 3, dtype=torch.int32))
     with pytest.raises(ValueError, match="table must be"):
         masked_softmax_weighted_sum(logits, torch.zeros(2, 1, dtype=torch.long), torch.randn(4, 3))
+    with pytest.raises(ValueError, match="logits are torch.float32 but table is torch.float64"):
+        masked_softmax_weighted_sum(logits, torch.zeros(2, 1, dtype=torch.long), torch.randn(5, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="both row_max and row_sumexp"):
         masked_softmax_weighted_sum(
             logits, torch.zeros(2, 1, dtype=torch.long), torch.randn(5, 3), row_max=torch.zeros(2)

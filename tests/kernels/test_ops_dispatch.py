@@ -28,6 +28,19 @@ def test_set_kernel_backend_overrides_env_and_returns_previous(monkeypatch):
         ops.set_kernel_backend(previous)
 
 
+def test_config_auto_leaves_the_backend_to_the_environment(monkeypatch):
+    # What the trainer does with model.kernels: "auto" (the default) must not override XMTC_KERNELS.
+    monkeypatch.setenv("XMTC_KERNELS", "torch")
+    previous = ops.set_kernel_backend(None)
+    try:
+        ops.set_kernel_backend_from_config("auto")
+        assert ops.kernel_backend() == "torch"
+        ops.set_kernel_backend_from_config("triton")
+        assert ops.kernel_backend() == "triton"
+    finally:
+        ops.set_kernel_backend(previous)
+
+
 def test_bad_backend_names_are_user_errors(monkeypatch):
     with pytest.raises(ValueError, match="model.kernels must be one of auto, triton, torch"):
         ops.set_kernel_backend("cuda")

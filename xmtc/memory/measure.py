@@ -71,7 +71,7 @@ def measure(cfg, steps: int = 3, snapshot: str | os.PathLike | None = None,
     from xmtc.optim import build_optimizer, lr_lambda
     from xmtc.trainer import resolve_deepspeed_config
 
-    ops.set_kernel_backend(cfg.model.kernels)
+    ops.set_kernel_backend_from_config(cfg.model.kernels)
     info = setup(cfg.parallel, cfg.train.device, local_rank_arg)
     cfg.check_batch(info.world_size)
     corpus = load_corpus(cfg.data, cfg.synthetic, log=lambda _: None)
