@@ -66,6 +66,8 @@ def test_overrides_are_typed_and_nested():
         ({"train": {"betas": [0.9]}}, "config key 'train.betas' must be two numbers in [0, 1), e.g. [0.9, 0.999]; got [0.9]"),
         ({"deepspeed": {"train_batch_size": "abc"}}, "config key 'deepspeed.train_batch_size' must be a positive integer, got 'abc'"),
         ({"deepspeed": {"scheduler": {"type": "WarmupLR"}}}, "config key 'deepspeed.scheduler' is set without 'deepspeed.optimizer'"),
+        ({"deepspeed": {"gradient_clipping": "abc"}}, "config key 'deepspeed.gradient_clipping' must be a number >= 0 (0 = off), got 'abc'"),
+        ({"deepspeed": {"zero_optimization": {"stage": 5}}}, "config key 'deepspeed.zero_optimization.stage' must be 0, 1, 2 or 3, got 5"),
     ],
 )
 def test_bad_configs_name_the_key(raw, message):

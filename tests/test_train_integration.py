@@ -165,18 +165,22 @@ def test_predict_and_evaluate_round_trip(zero0, runs, tmp_path):
     assert on_files.returncode == 0, on_files.stderr
     assert json.loads((tmp_path / "f.json").read_text())["num_docs"] == 50
 
-    texts.write_text("\n".join(test_texts[:5]) + "\n")
+    texts.write_text("\n".join(test_texts[:2] + [""] + test_texts[2:5]) + "\n")  # line 3 empty
     predicted = subprocess.run([sys.executable, "-m", "xmtc.predict", "--run", str(out), "--texts", str(texts), "--k", "3"],
                                cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert predicted.returncode == 0, predicted.stderr
     lines = predicted.stdout.splitlines()
-    assert len(lines) == 5
+    assert len(lines) == 6 and lines[2] == "" and "1 empty or undecodable line(s)" in predicted.stderr
+    del lines[2]
     label_names = set((out / "labels.txt").read_text().split())
     for line in lines:
         pairs = [p.rsplit(":", 1) for p in line.split()]
         assert len(pairs) == 3 and all(name in label_names for name, _ in pairs)
         scores = [float(s) for _, s in pairs]
         assert scores == sorted(scores, reverse=True) and all(0.0 < s < 1.0 for s in scores)
+    bad_k = subprocess.run([sys.executable, "-m", "xmtc.predict", "--run", str(out), "--texts", str(texts), "--k", "0"],
+                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert bad_k.returncode == 2 and bad_k.stderr.strip() == "error: --k must be at least 1, got 0"
 
 
 def evaluate_run(out: Path, tmp_path: Path, *args: str) -> dict:
@@ -230,6 +234,9 @@ def test_user_errors_exit_2_with_one_sentence(tmp_path):
         (["--config", "debug_xml_cnn", "--data.format", "xmtc_text", "--data.path", str(tmp_path / "nope")], str(tmp_path / "nope")),
         (["--config", "debug_xml_cnn", "--train.select_metric", "micro_f1"],
          "config key 'train.select_metric' is \"micro_f1\" but the corpus has no validation split; set data.valid_fraction"),
+        (["--config", "debug_xml_cnn", "--model.kernels", "triton"], "config key 'model.kernels' is \"triton\" but this run is on the CPU"),
+        (["--config", "debug_xml_cnn", "--deepspeed.zero_optimization", '{"stage": 1, "reduce_bucket_size": "big"}'],
+         "DeepSpeed refused the config's deepspeed section: 1 validation error for DeepSpeedZeroConfig; reduce_bucket_size"),
     ]
     for args, message in cases:
         proc = subprocess.run([sys.executable, "launch/train.py", *args, "--train.output_dir", str(tmp_path / "o")],

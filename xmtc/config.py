@@ -579,6 +579,13 @@ def _check_values(cfg: Config) -> None:
             "config key 'deepspeed.scheduler' is set without 'deepspeed.optimizer': the trainer's torch optimizer follows "
             "train.lr_schedule (with train.warmup_steps, train.min_lr_ratio); remove the scheduler block, or add an optimizer block"
         )
+    clip = cfg.deepspeed.get("gradient_clipping", 0.0)
+    if not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0:
+        raise ConfigError(f"config key 'deepspeed.gradient_clipping' must be a number >= 0 (0 = off), got {clip!r}")
+    zero = cfg.deepspeed.get("zero_optimization", {})
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else None
+    if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
+        raise ConfigError(f"config key 'deepspeed.zero_optimization.stage' must be 0, 1, 2 or 3, got {stage!r}")
     given = cfg.deepspeed.get("train_batch_size")
     if given is not None and (not isinstance(given, int) or isinstance(given, bool) or given < 1):
         raise ConfigError(f"config key 'deepspeed.train_batch_size' must be a positive integer, got {given!r}")

@@ -2,8 +2,9 @@
 
     python -m xmtc.predict --run runs/xml_cnn_reuters --texts test_texts.txt --k 5 --out predictions.txt
 
-Writes one line per document: `label:score label:score ...`, best first (for SGM: the emitted
-labels in order). Bad input prints one sentence and exits with 2.
+Writes one line per line of the texts file: `label:score label:score ...`, best first (for SGM: the
+emitted labels in order); an empty or undecodable line gets an empty output line, so the lines stay
+aligned (counted on stderr). Bad input prints one sentence and exits with 2.
 """
 
 from __future__ import annotations
@@ -44,11 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from xmtc.checkpoint import load_run
         from xmtc.data import read_texts
+        from xmtc.data.readers import read_lines
         from xmtc.io import atomic_write_text
 
+        if args.k < 1:
+            raise UserError(f"--k must be at least 1, got {args.k}")
+        texts, numbers = read_texts(args.texts, "skip")
+        total = len(read_lines(args.texts))
         cfg, model, corpus = load_run(args.run, args.tag)
-        texts, _ = read_texts(args.texts, cfg.data.bad_lines)
-        lines = predict_lines(model, corpus, texts, args.k, cfg.data.max_len, cfg.eval.batch_size)
+        lines = [""] * total
+        for number, line in zip(numbers, predict_lines(model, corpus, texts, args.k, cfg.data.max_len, cfg.eval.batch_size)):
+            lines[number - 1] = line
+        if total > len(texts):
+            print(f"{args.texts}: {total - len(texts)} empty or undecodable line(s) got empty predictions", file=sys.stderr)
         text = "\n".join(lines) + "\n"
         if args.out == "-":
             sys.stdout.write(text)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+import kernels
 from xmtc import ops
 from xmtc.checkpoint import BEST_FILE, keep_metrics_through, read_best, set_aside_run, set_aside_tag
 from xmtc.config import LOWER_IS_BETTER, Config, ConfigError, UserError
@@ -127,6 +128,9 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     ops.set_kernel_backend_from_config(cfg.model.kernels)
     dist_info = setup(cfg.parallel, cfg.train.device, local_rank_arg)
     cfg.check_batch(dist_info.world_size)
+    if cfg.model.kernels == "triton" and dist_info.device.type != "cuda" and not kernels.interpreting():
+        raise ConfigError("config key 'model.kernels' is \"triton\" but this run is on the CPU; use \"auto\" or \"torch\" "
+                          "(or TRITON_INTERPRET=1 to interpret the kernels, slowly)")
     out = Path(cfg.train.output_dir)
     ckpt_dir = out / "checkpoints"
 
@@ -178,15 +182,19 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
         deepspeed.utils.set_z3_leaf_modules(model, list(leaf_types))
     optimizer = None if "optimizer" in cfg.deepspeed else build_optimizer(cfg, model, plan)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps)) if optimizer else None
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        model_parameters=None if optimizer else plan.param_groups([{"params": list(model.parameters())}]),
-        lr_scheduler=scheduler,
-        config=ds_config,
-        mpu=plan.mpu,
-        dist_init_required=False,
-    )
+    try:
+        engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            model_parameters=None if optimizer else plan.param_groups([{"params": list(model.parameters())}]),
+            lr_scheduler=scheduler,
+            config=ds_config,
+            mpu=plan.mpu,
+            dist_init_required=False,
+        )
+    except (ValueError, TypeError) as e:  # DeepSpeed's config models (pydantic errors are ValueErrors)
+        why = "; ".join(line.strip() for line in str(e).splitlines()[:3] if line.strip())
+        raise ConfigError(f"DeepSpeed refused the config's deepspeed section: {why}") from e
 
     step, last_loss = 0, float("nan")
     best: dict | None = None  # the selected checkpoint so far (best.json's content)
@@ -318,15 +326,18 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
                     "train.warmup_steps or set deepspeed.gradient_clipping); nothing was saved for this step"
                     + (f", the newest checkpoint is {ckpt_dir / last_saved[1]}" if last_saved else "")
                 )
+            if bar is not None:
+                bar.update(1)
             if step % cfg.train.log_every == 0 or is_last:
                 now = time.perf_counter()
                 samples_per_s = steps_window * samples_per_step / max(now - t_window, 1e-9)
                 t_window, steps_window = now, 0
+                fields = {"loss": f"{last_loss:.4f}", "samples_s": f"{samples_per_s:.0f}", "lr": f"{engine.get_lr()[0]:.2e}",
+                          **{k: f"{v:.2f}" for k, v in memory_stats(dist_info.device).items()}}
                 if bar is not None:
-                    bar.set_postfix(loss=f"{last_loss:.4f}", samples_s=f"{samples_per_s:.0f}",
-                                    lr=f"{engine.get_lr()[0]:.2e}", **{k: f"{v:.2f}" for k, v in memory_stats(dist_info.device).items()})
-            if bar is not None:
-                bar.update(1)
+                    bar.set_postfix(**fields)
+                else:  # no bar (train.progress false, or a log file): a plain line per log step, rank 0 only
+                    print0(f"step {step}/{total_steps} " + " ".join(f"{k} {v}" for k, v in fields.items()))
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and not is_last:
                 record = log_eval(periodic_split)
                 print0(f"step {step} ({periodic_split}): " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("P@1", "nDCG@3", "micro_f1"))))
@@ -365,5 +376,5 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
              **memory_stats(dist_info.device)}
     if dist_info.is_main:
         atomic_write_json(out / "final_metrics.json", final)
-        print0(format_table({k: v for k, v in final.items() if k not in ("step", "epoch")}, title=f"final metrics (step {step}, {out})"))
+        print0(format_table({k: v for k, v in final.items() if k not in ("step", "epoch")}, title=f"final metrics (step {step}" + (f", the weights of step {selection['selected_step']}" if selection else "") + f", {out})"))
     return final
