@@ -10,6 +10,9 @@ export PYTHONUNBUFFERED := 1
 NPROC ?= 2
 CONFIG ?= xml_cnn_synthetic
 ARGS ?=
+# PyTorch's CPU wheel index for a CPU machine whose pip would otherwise take the CUDA build from PyPI
+# (make install TORCH_INDEX=https://download.pytorch.org/whl/cpu); empty: pip's own configuration.
+TORCH_INDEX ?=
 
 .PHONY: install demo test bench reuters acceptance clean
 
@@ -24,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	elif command -v nvidia-smi >/dev/null 2>&1; then \
 		$(PY) -m pip install --quiet torch; \
 	else \
-		$(PY) -m pip install --quiet torch==2.13.0; \
+		$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@

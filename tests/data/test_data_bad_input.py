@@ -23,11 +23,14 @@ def raises(message: str):
     return pytest.raises(DataError, match="^" + re.escape(message))
 
 
-def test_missing_directory(tmp_path, make_cfg):
+def test_missing_directory(tmp_path, make_cfg, monkeypatch):
     with raises(f"data.path '{tmp_path / 'nope'}' is not a directory; the xmtc_text layout expects train_texts.txt,"):
         load(make_cfg, tmp_path / "nope")
     with pytest.raises(DataError, match="manikvarma.org/downloads/XC/XMLRepository.html"):
         load(make_cfg, tmp_path / "nope")
+    monkeypatch.chdir(tmp_path)
+    with raises(f"data.path 'shared/nope' (relative to the current directory {tmp_path}) is not a directory"):
+        load(make_cfg, "shared/nope")
 
 
 def test_missing_file(small_xmtc, make_cfg):

@@ -155,8 +155,9 @@ def read_paired_files(name: str, texts_path: Path, labels_path: Path, bad_lines:
 def _require_files(directory: str, names: Sequence[str], layout: str, where_to_get: str) -> Path:
     root = Path(directory)
     if not directory or not root.is_dir():
+        where = "" if root.is_absolute() else f" (relative to the current directory {Path.cwd()})"
         raise DataError(
-            f"data.path '{directory}' is not a directory; the {layout} layout expects {', '.join(names)} "
+            f"data.path '{directory}'{where} is not a directory; the {layout} layout expects {', '.join(names)} "
             f"in it (real datasets: {where_to_get})"
         )
     for n in names:
