@@ -153,6 +153,14 @@ def test_cli_reports_what_does_not_fit(capsys):
     assert "smallest layout that fits: 2 ranks, ZeRO-0, 2 label shards, bf16, batch 128" in out
 
 
+@pytest.mark.parametrize("dtype, advice", [("bf16", "; lower the batch, or set"), ("fp32", "; lower the batch, use bf16, or set")])
+def test_cli_says_when_nothing_fits_with_levers_left(capsys, dtype, advice):
+    # 0.001 GiB: not even the embedding table fits, on any number of ranks; bf16 is no advice for a bf16 plan.
+    status = main(["--config", "xml_cnn_670k", "--dtype", dtype, "--batch", "128", "--max-memory-gb", "0.001"])
+    out = capsys.readouterr().out
+    assert status == 1 and f"nothing up to 1024 ranks fits 0.001 GiB at batch 128 in {dtype}{advice}" in out
+
+
 @pytest.mark.parametrize("argv", [["--config", "xml_cnn_670k", "--zero-stage", "4"],
                                   ["--config", "no_such_config"],
                                   ["--config", "xml_cnn_670k", "--world-size", "two"],

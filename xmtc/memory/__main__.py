@@ -165,8 +165,8 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
             fits = fitting_layouts(shape, Layout(min(worlds), 0, 1, dtype, batch, device), limit)
             best = fits[0] if fits else None
             if best is None:
-                out.append(f"nothing up to 1024 ranks fits {args.max_memory_gb:g} GiB at batch {batch} in {dtype}; "
-                           "lower the batch, use bf16, or set a smaller deepspeed.zero_optimization.reduce_bucket_size")
+                levers = "lower the batch, " + ("" if dtype == "bf16" else "use bf16, ") + "or set a smaller deepspeed.zero_optimization.reduce_bucket_size"
+                out.append(f"nothing up to 1024 ranks fits {args.max_memory_gb:g} GiB at batch {batch} in {dtype}; {levers}")
             else:
                 out.append(f"smallest layout that fits: {best.layout.describe()} (peak {report.gib(best.peak)} GiB)")
                 others = [f"ZeRO-{p.layout.zero_stage}" + (f" + {p.layout.label_shards} label shards" if p.layout.label_shards > 1 else "")
