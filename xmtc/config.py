@@ -487,7 +487,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "") -> Config:
     if not isinstance(user_ds, dict):
         raise ConfigError("config section 'deepspeed' must be a JSON object (DeepSpeed's own config)")
     _merge(ds, user_ds)
-    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"):
+        if key == "train_batch_size" and key not in ds:
+            continue  # optional: the trainer fills it in
         if not isinstance(ds.get(key), int) or isinstance(ds.get(key), bool) or ds[key] < 1:
             raise ConfigError(f"config key 'deepspeed.{key}' must be a positive integer, got {ds.get(key)!r}")
     cfg = Config(**kwargs, deepspeed=ds, source=source)
@@ -514,21 +516,28 @@ LOWER_IS_BETTER = frozenset({"hamming_loss"})
 
 
 def _check_values(cfg: Config) -> None:
-    positive = {
-        "model.embed_dim": cfg.model.embed_dim,
-        "xml_cnn.num_filters": cfg.xml_cnn.num_filters,
-        "xml_cnn.pooling_chunks": cfg.xml_cnn.pooling_chunks,
-        "xml_cnn.loss_chunk_size": cfg.xml_cnn.loss_chunk_size,
-        "data.max_len": cfg.data.max_len,
-        "data.vocab_size": cfg.data.vocab_size,
-        "parallel.label_shards": cfg.parallel.label_shards,
-        "eval.batch_size": cfg.eval.batch_size,
-        "eval.max_predictions": cfg.eval.max_predictions,
-        "synthetic.num_labels": cfg.synthetic.num_labels,
+    lower_bounds = {
+        "model.embed_dim": (cfg.model.embed_dim, 1),
+        "xml_cnn.num_filters": (cfg.xml_cnn.num_filters, 1),
+        "xml_cnn.pooling_chunks": (cfg.xml_cnn.pooling_chunks, 1),
+        "xml_cnn.loss_chunk_size": (cfg.xml_cnn.loss_chunk_size, 1),
+        "data.max_len": (cfg.data.max_len, 1),
+        "data.vocab_size": (cfg.data.vocab_size, 1),
+        "parallel.label_shards": (cfg.parallel.label_shards, 1),
+        "eval.batch_size": (cfg.eval.batch_size, 1),
+        "eval.max_predictions": (cfg.eval.max_predictions, 1),
+        "synthetic.num_labels": (cfg.synthetic.num_labels, 1),
+        "train.log_every": (cfg.train.log_every, 1),
+        "train.seed": (cfg.train.seed, 0),
+        "data.valid_seed": (cfg.data.valid_seed, 0),
+        "synthetic.seed": (cfg.synthetic.seed, 0),
+        "train.warmup_steps": (cfg.train.warmup_steps, 0),
+        "train.eval_every": (cfg.train.eval_every, 0),
+        "train.save_every": (cfg.train.save_every, 0),
     }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"config key '{key}' must be at least 1, got {value}")
+    for key, (value, low) in lower_bounds.items():
+        if value < low:
+            raise ConfigError(f"config key '{key}' must be at least {low}, got {value}")
     if not cfg.xml_cnn.filter_widths or min(cfg.xml_cnn.filter_widths) < 1:
         raise ConfigError(f"config key 'xml_cnn.filter_widths' must be a non-empty list of positive widths, got {cfg.xml_cnn.filter_widths}")
     width_limit = cfg.model.embed_dim if cfg.xml_cnn.conv_over == "embedding" else cfg.data.max_len
@@ -554,18 +563,6 @@ def _check_values(cfg: Config) -> None:
         )
     if cfg.train.max_steps < 0 or cfg.train.epochs <= 0:
         raise ConfigError("config keys 'train.max_steps' (>= 0) and 'train.epochs' (> 0) are out of range")
-    at_least = {
-        "train.log_every": (cfg.train.log_every, 1),
-        "train.seed": (cfg.train.seed, 0),
-        "data.valid_seed": (cfg.data.valid_seed, 0),
-        "synthetic.seed": (cfg.synthetic.seed, 0),
-        "train.warmup_steps": (cfg.train.warmup_steps, 0),
-        "train.eval_every": (cfg.train.eval_every, 0),
-        "train.save_every": (cfg.train.save_every, 0),
-    }
-    for key, (value, low) in at_least.items():
-        if value < low:
-            raise ConfigError(f"config key '{key}' must be at least {low}, got {value}")
     if not cfg.train.lr > 0.0:
         raise ConfigError(f"config key 'train.lr' must be positive, got {cfg.train.lr}")
     if not 0.0 <= cfg.train.min_lr_ratio <= 1.0:
@@ -586,9 +583,6 @@ def _check_values(cfg: Config) -> None:
     stage = zero.get("stage", 0) if isinstance(zero, dict) else None
     if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
         raise ConfigError(f"config key 'deepspeed.zero_optimization.stage' must be 0, 1, 2 or 3, got {stage!r}")
-    given = cfg.deepspeed.get("train_batch_size")
-    if given is not None and (not isinstance(given, int) or isinstance(given, bool) or given < 1):
-        raise ConfigError(f"config key 'deepspeed.train_batch_size' must be a positive integer, got {given!r}")
 
 
 def load_config(name_or_path: str, overrides: dict[str, Any] | list[str] | None = None) -> Config:
