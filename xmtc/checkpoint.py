@@ -51,12 +51,17 @@ def resolve_tag(ckpt_dir: Path, tag: str | None, prefer_best: bool = False) -> s
     return latest.read_text().strip()
 
 
+def free_replaced_suffix(directory: Path, names) -> int:
+    """The first k for which no `<name>.replaced<k>` of `names` exists in `directory`."""
+    k = 1
+    while any((Path(directory) / f"{name}.replaced{k}").exists() for name in names):
+        k += 1
+    return k
+
+
 def set_aside_tag(ckpt_dir: Path, tag: str) -> Path:
     """Rename checkpoint tag `tag` to the first free `<tag>.replaced<k>`; returns the new path."""
-    k = 1
-    while (Path(ckpt_dir) / f"{tag}.replaced{k}").exists():
-        k += 1
-    aside = Path(ckpt_dir) / f"{tag}.replaced{k}"
+    aside = Path(ckpt_dir) / f"{tag}.replaced{free_replaced_suffix(ckpt_dir, [tag])}"
     os.rename(Path(ckpt_dir) / tag, aside)
     return aside
 
@@ -73,9 +78,7 @@ def set_aside_run(out: Path) -> int | None:
     ckpt = out / "checkpoints"
     if not ((out / "metrics.jsonl").exists() or (out / "final_metrics.json").exists() or (ckpt.is_dir() and any(ckpt.iterdir()))):
         return None
-    k = 1
-    while any((out / f"{name}.replaced{k}").exists() for name in RUN_FILES):
-        k += 1
+    k = free_replaced_suffix(out, RUN_FILES)
     for name in RUN_FILES:
         if (out / name).exists():
             os.rename(out / name, out / f"{name}.replaced{k}")
