@@ -28,12 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         cfg = load_config(args.config, rest)
+        from xmtc.distributed import teardown
         from xmtc.trainer import EXIT_REQUEUE, Preempted, train
 
         try:
             train(cfg, args.local_rank)
         except Preempted:
             return EXIT_REQUEUE
+        finally:
+            teardown()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

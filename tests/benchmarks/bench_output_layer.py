@@ -109,6 +109,10 @@ def worker(rank: int, args: dict, out_dir: str) -> None:
         "threads": torch.get_num_threads(),
     }
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    if groups is not None:
+        from xmtc.distributed import teardown
+
+        teardown()
 
 
 @torch.no_grad()

@@ -43,9 +43,12 @@ def _entry(rank, fn, world_size, port, args):
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from xmtc.config import ParallelConfig
-    from xmtc.distributed import setup
+    from xmtc.distributed import setup, teardown
 
-    fn(setup(ParallelConfig(dist_backend="gloo"), "cpu"), *args)
+    try:
+        fn(setup(ParallelConfig(dist_backend="gloo"), "cpu"), *args)
+    finally:
+        teardown()
 
 
 class TinyXML(nn.Module):

@@ -24,6 +24,15 @@ def close(got: torch.Tensor, want: torch.Tensor, what: str, atol: float = 2e-6) 
 
 
 def run_rank(rank: int, world: int, port: int, overrides: list[str]) -> None:
+    from xmtc.distributed import teardown
+
+    try:
+        check_rank(rank, world, port, overrides)
+    finally:
+        teardown()
+
+
+def check_rank(rank: int, world: int, port: int, overrides: list[str]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))

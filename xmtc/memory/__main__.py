@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    finally:
+        from xmtc.distributed import teardown  # --measure's process groups
+
+        teardown()
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
