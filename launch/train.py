@@ -29,13 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, rest)
         from xmtc.distributed import teardown
-        from xmtc.trainer import EXIT_REQUEUE, Preempted, train
+        from xmtc.trainer import EXIT_REQUEUE, Preempted, StopSignal, train
 
         try:
             train(cfg, args.local_rank)
         except Preempted:
             return EXIT_REQUEUE
         finally:
+            StopSignal.ignore_further()  # the run is over: a late SIGUSR1/SIGTERM must not turn its exit into 138/143
             teardown()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

@@ -130,3 +130,29 @@ def test_train_entry_point_shuts_its_process_groups_down(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert [line for line in proc.stdout.splitlines() if line.startswith(("ok ", "bad "))] == ["ok 0 False", "bad 2 False"]
     assert (tmp_path / "ok" / "final_metrics.json").is_file()
+
+
+def test_a_signal_as_a_finished_run_exits_does_not_kill_it(tmp_path):
+    # SLURM's SIGUSR1 (or a SIGTERM) can land while a finished run's interpreter shuts down, when Python has
+    # put the default action (death, exit 138) back: the run is over, so the entry point ignores them.
+    import os
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "launch/train.py", "--config", "debug_xml_cnn", "--train.output_dir", str(run),
+           "--data.cache_dir", str(tmp_path / "cache"), "--train.max_steps", "2", "--train.progress", "false"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run / "final_metrics.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    sent = 0
+    while proc.poll() is None:  # one every 0.5 ms until it is gone: its whole shutdown is covered
+        try:
+            os.kill(proc.pid, signal.SIGUSR1)
+            sent += 1
+        except ProcessLookupError:
+            break
+        time.sleep(0.0005)
+    stderr = proc.communicate(timeout=60)[1]
+    assert sent > 0 and proc.returncode == 0, (sent, proc.returncode, stderr[-2000:])
