@@ -237,6 +237,12 @@ def test_user_errors_exit_2_with_one_sentence(tmp_path):
         (["--config", "debug_xml_cnn", "--model.kernels", "triton"], "config key 'model.kernels' is \"triton\" but this run is on the CPU"),
         (["--config", "debug_xml_cnn", "--deepspeed.zero_optimization", '{"stage": 1, "reduce_bucket_size": "big"}'],
          "DeepSpeed refused the config's deepspeed section: 1 validation error for DeepSpeedZeroConfig; reduce_bucket_size"),
+        # DeepSpeed ignores a top-level key it does not know: the run would have been ZeRO 0.
+        (["--config", "debug_xml_cnn", "--deepspeed.zero_optimisation", '{"stage": 2}'],
+         "reads: it would be ignored; did you mean 'deepspeed.zero_optimization'?"),
+        # A removed feature: DeepSpeed's own error class, not a ValueError.
+        (["--config", "debug_xml_cnn", "--deepspeed.nebula", '{"enabled": true}'],
+         "DeepSpeed refused the config's deepspeed section: Nebula checkpointing has been removed"),
     ]
     for args, message in cases:
         proc = subprocess.run([sys.executable, "launch/train.py", *args, "--train.output_dir", str(tmp_path / "o")],

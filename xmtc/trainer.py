@@ -106,6 +106,62 @@ def resolve_deepspeed_config(cfg: Config, data_world_size: int, device_type: str
     return ds
 
 
+class _KeysRead(dict):
+    """A dict that remembers which of its keys were looked up."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read: set = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def pop(self, key, *default):
+        self.read.add(key)
+        return super().pop(key, *default)
+
+    def setdefault(self, key, default=None):
+        self.read.add(key)
+        return super().setdefault(key, default)
+
+
+def initialize_deepspeed(ds_config: dict, **kwargs):
+    """`deepspeed.initialize(config=ds_config, **kwargs)`'s engine; what is wrong with the config in one sentence.
+
+    DeepSpeed refuses bad values and removed features, but ignores a top-level key it does not know:
+    `zero_optimisation` would train at ZeRO 0 without a word. It reads its top-level keys by name, so
+    a key it never looked up while initialising is one it ignores, and is refused here, with the
+    closest key it did look up.
+    """
+    import difflib
+
+    import deepspeed
+    from deepspeed.runtime.config import DeepSpeedConfigError
+
+    config = _KeysRead(ds_config)
+    try:
+        engine, _, _, _ = deepspeed.initialize(config=config, dist_init_required=False, **kwargs)
+    except (ValueError, TypeError, DeepSpeedConfigError) as e:  # its config models (pydantic errors are ValueErrors)
+        why = "; ".join(line.strip() for line in str(e).splitlines()[:3] if line.strip())
+        raise ConfigError(f"DeepSpeed refused the config's deepspeed section: {why}") from e
+    for key in ds_config:
+        if key not in config.read:
+            close = difflib.get_close_matches(key, sorted(k for k in config.read if isinstance(k, str)), n=1)
+            hint = f"; did you mean 'deepspeed.{close[0]}'?" if close else ""
+            raise ConfigError(f"config key 'deepspeed.{key}' is not one DeepSpeed {deepspeed.__version__} reads: "
+                              f"it would be ignored{hint}")
+    return engine
+
+
 def memory_stats(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
         return {
@@ -189,19 +245,14 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
         deepspeed.utils.set_z3_leaf_modules(model, list(leaf_types))
     optimizer = None if "optimizer" in cfg.deepspeed else build_optimizer(cfg, model, plan)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps)) if optimizer else None
-    try:
-        engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            optimizer=optimizer,
-            model_parameters=None if optimizer else plan.param_groups([{"params": list(model.parameters())}]),
-            lr_scheduler=scheduler,
-            config=ds_config,
-            mpu=plan.mpu,
-            dist_init_required=False,
-        )
-    except (ValueError, TypeError) as e:  # DeepSpeed's config models (pydantic errors are ValueErrors)
-        why = "; ".join(line.strip() for line in str(e).splitlines()[:3] if line.strip())
-        raise ConfigError(f"DeepSpeed refused the config's deepspeed section: {why}") from e
+    engine = initialize_deepspeed(
+        ds_config,
+        model=model,
+        optimizer=optimizer,
+        model_parameters=None if optimizer else plan.param_groups([{"params": list(model.parameters())}]),
+        lr_scheduler=scheduler,
+        mpu=plan.mpu,
+    )
 
     step, last_loss = 0, float("nan")
     best: dict | None = None  # the selected checkpoint so far (best.json's content)

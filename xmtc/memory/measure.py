@@ -59,7 +59,6 @@ class Measurement:
 def measure(cfg, steps: int = 3, snapshot: str | os.PathLike | None = None,
             local_rank_arg: int | None = None) -> Measurement:
     """Run `steps` training steps of `cfg` on this process's rank; returns the worst rank's numbers."""
-    import deepspeed
     import torch.distributed as dist
 
     from xmtc import ops
@@ -69,7 +68,7 @@ def measure(cfg, steps: int = 3, snapshot: str | os.PathLike | None = None,
     from xmtc.models import build_model
     from xmtc.parallel import parallelize
     from xmtc.optim import build_optimizer, lr_lambda
-    from xmtc.trainer import resolve_deepspeed_config
+    from xmtc.trainer import initialize_deepspeed, resolve_deepspeed_config
 
     ops.set_kernel_backend_from_config(cfg.model.kernels)
     info = setup(cfg.parallel, cfg.train.device, local_rank_arg)
@@ -84,12 +83,11 @@ def measure(cfg, steps: int = 3, snapshot: str | os.PathLike | None = None,
     model = plan.model.to(info.device)
     optimizer = None if "optimizer" in cfg.deepspeed else build_optimizer(cfg, model, plan)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps)) if optimizer else None
-    engine, _, _, _ = deepspeed.initialize(
+    engine = initialize_deepspeed(
+        plan.deepspeed_config(resolve_deepspeed_config(cfg, plan.data_world_size, info.device.type)),
         model=model, optimizer=optimizer,
         model_parameters=None if optimizer else plan.param_groups([{"params": list(model.parameters())}]),
-        lr_scheduler=scheduler,
-        config=plan.deepspeed_config(resolve_deepspeed_config(cfg, plan.data_world_size, info.device.type)),
-        mpu=plan.mpu, dist_init_required=False,
+        lr_scheduler=scheduler, mpu=plan.mpu,
     )
     sampler = TrainBatchSampler(len(corpus.train), cfg.micro_batch_size, plan.data_rank, plan.data_world_size,
                                 cfg.train.seed, cfg.grad_accum)
