@@ -45,4 +45,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from xmtc.process import exit_process
+
+    exit_process(main())  # not sys.exit: see exit_process

@@ -193,4 +193,6 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from xmtc.process import exit_process
+
+    exit_process(main())  # not sys.exit: see exit_process
