@@ -36,6 +36,13 @@ def test_run_directory_lifecycle(tmp_path):
     first = records(run)
     assert [(r["split"], r["step"]) for r in first] == [("test", 5), ("test", 10)]
     final = (run / "final_metrics.json").read_text()
+    # Checkpoints hold plain Python and torch objects: reading them needs no xmtc class.
+    import zipfile
+
+    for pt in (run / "checkpoints").rglob("*.pt"):
+        with zipfile.ZipFile(pt) as z:
+            pickles = [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
+        assert pickles and not any(b"xmtc" in p for p in pickles), pt
 
     # A failing run (its check comes after the corpus is read) leaves the directory untouched.
     config = (run / "config.json").read_bytes()

@@ -153,6 +153,11 @@ def initialize_deepspeed(ds_config: dict, **kwargs):
     except (ValueError, TypeError, DeepSpeedConfigError) as e:  # its config models (pydantic errors are ValueErrors)
         why = "; ".join(line.strip() for line in str(e).splitlines()[:3] if line.strip())
         raise ConfigError(f"DeepSpeed refused the config's deepspeed section: {why}") from e
+    # The engine pickles its config into every checkpoint: a plain dict, so that reading one needs no xmtc.
+    plain = dict(config)
+    if getattr(engine._config, "_param_dict", None) is config:
+        engine._config._param_dict = plain
+    engine.config = plain
     for key in ds_config:
         if key not in config.read:
             close = difflib.get_close_matches(key, sorted(k for k in config.read if isinstance(k, str)), n=1)
