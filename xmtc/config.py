@@ -151,8 +151,9 @@ class DataConfig:
     """Where tokenizers and tokenized corpora (Arrow, memory-mapped) are cached."""
     bad_lines: str = "error"
     """Empty or undecodable documents, documents without labels: "error" (stop, naming file and line) or "skip"
-    (skip and count them). A table file (JSONL/CSV) must be valid UTF-8 and well-formed throughout either way:
-    a broken line of it stops the run, naming the line."""
+    (skip and count them). With "skip", a JSON Lines line that is not UTF-8 or not one JSON object is such a
+    document too; a CSV or JSON file must be valid UTF-8 and well-formed throughout either way (a CSV row can
+    span lines): a broken line of it stops the run, naming the line."""
     unseen_labels: str = "drop"
     """Test labels never seen in training: "drop" (removed and counted) or "error"."""
     valid_fraction: float = 0.0

@@ -133,6 +133,36 @@ def test_jsonl_errors_name_the_file_line(tmp_path, make_cfg):
         load_corpus(cfg, SyntheticConfig())
 
 
+def test_jsonl_bad_lines_are_skipped_and_counted(tmp_path, make_cfg):
+    """With data.bad_lines = "skip" a JSON Lines line that is not UTF-8 or not one JSON object is a skipped
+    document; the kept records keep their own line numbers in later messages."""
+    good = [json.dumps({"text": t, "labels": l.split()}) for t, l in zip(TRAIN_TEXTS, TRAIN_LABELS)]
+    train = write_lines(
+        tmp_path / "train.jsonl",
+        "\n".join([good[0], '{"text": "kiwi", "labels": ["a"]', "", good[1], '["fig", "b"]']).encode()
+        + b"\n" + json.dumps({"text": "x", "labels": ["a"]}).encode()[:-2] + BAD_BYTES + b'"]}\n'
+        + f"{good[2]}\n".encode(),
+    )
+    test = write_lines(tmp_path / "test.jsonl", [json.dumps({"text": t, "labels": l}) for t, l in zip(TEST_TEXTS, TEST_LABELS)])
+    cfg = make_cfg(format="table", train_file=str(train), test_file=str(test), bad_lines="skip", unseen_labels="error")
+    corpus = load_corpus(cfg, SyntheticConfig())
+    assert len(corpus.train) == 3 and len(corpus.test) == len(TEST_TEXTS)
+    st = corpus.stats
+    assert (st["train_skipped_malformed"], st["train_skipped_undecodable"], st["test_skipped_malformed"]) == (2, 1, 0)
+    names = [[corpus.label_names[i] for i in row] for row in corpus.train["labels"]]
+    assert names == [list(dict.fromkeys(l.split())) for l in TRAIN_LABELS]
+    # A record after skipped lines is named by its own line of the file, not its place among the kept ones.
+    write_lines(test, [json.dumps({"text": "apple", "labels": ["a"]}), "{", json.dumps({"text": "fig", "labels": ["zzz"]})])
+    with raises(f"{test} line 3 has label 'zzz', which no training document has"):
+        load_corpus(cfg, SyntheticConfig())
+    write_lines(train, [good[0], "[1, 2]", json.dumps({"text": " ", "labels": ["a"]})])
+    with raises(f"{train} line 2 holds a JSON list, not an object; each line must be one JSON object"):
+        load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test)), SyntheticConfig())
+    cfg = make_cfg(format="table", train_file=str(train), test_file=str(test), bad_lines="skip")
+    corpus = load_corpus(cfg, SyntheticConfig())
+    assert len(corpus.train) == 1 and (corpus.stats["train_skipped_malformed"], corpus.stats["train_skipped_empty"]) == (1, 1)
+
+
 def test_csv_cells_are_read_as_written(tmp_path, make_cfg, cache_dir):
     # pandas would guess numbers ("007" -> 7, differently per file) and missing values ("NA", "null", "").
     train = write_lines(tmp_path / "train.csv", ["text,labels", "apple pie,007", "null,NA", "fig jam,010", "kiwi,007"])

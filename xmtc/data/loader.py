@@ -12,6 +12,7 @@ carries come last (count 0, in name order).
   {s}_skipped_empty           empty documents skipped (data.bad_lines = "skip")
   {s}_skipped_no_labels       documents without labels skipped
   {s}_skipped_undecodable     lines that are not UTF-8 skipped
+  {s}_skipped_malformed       JSON Lines lines that are not one JSON object, skipped
   {s}_duplicate_labels        repeated labels removed within a document
   {s}_unseen_labels_dropped   label occurrences never seen in training, dropped (0 for train)
   {s}_docs_without_labels     documents left without labels by that drop, kept (0 for train)

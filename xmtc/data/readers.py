@@ -22,7 +22,7 @@ from xmtc.config import ConfigError, DataError
 
 XC_REPOSITORY = "the Extreme Classification Repository (http://manikvarma.org/downloads/XC/XMLRepository.html)"
 SGM_REPOSITORY = "the SGM repository (https://github.com/lancopku/SGM), which links RCV1-V2 and AAPD"
-SKIP_REASONS = ("empty", "no_labels", "undecodable")
+SKIP_REASONS = ("empty", "no_labels", "undecodable", "malformed")
 TABLE_LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -238,14 +238,43 @@ def _is_jsonl(path: Path, loader: str) -> bool:
     return loader == "json" and path.suffix.lower() == ".jsonl"
 
 
+def _json_line_problem(line: str) -> str | None:
+    """Why one non-blank JSON Lines line is not a record, or None."""
+    try:
+        value = json.loads(line)
+    except ValueError as e:
+        return f"is not valid JSON ({e})"
+    if not isinstance(value, dict):
+        return f"holds a JSON {type(value).__name__}, not an object"
+    return None
+
+
+def _bad_jsonl_lines(path: Path) -> tuple[list[int], dict[str, list[int]]]:
+    """JSON Lines -> (1-based numbers of its record lines, {"undecodable"/"malformed": line numbers})."""
+    records: list[int] = []
+    bad: dict[str, list[int]] = {"undecodable": [], "malformed": []}
+    for i, line in enumerate(read_lines(path)):
+        if line is None:
+            bad["undecodable"].append(i + 1)
+        elif line.strip():
+            (bad["malformed"] if _json_line_problem(line) else records).append(i + 1)
+    return records, bad
+
+
 def _first_bad_json_line(path: Path) -> str | None:
     for i, line in enumerate(read_lines(path)):
-        if line is not None and line.strip():
-            try:
-                json.loads(line)
-            except ValueError as e:
-                return f"{path} line {i + 1} is not valid JSON ({e}); each line must be one JSON object"
+        if line is None:
+            return f"{path} line {i + 1} is not valid UTF-8; a table file must be UTF-8 throughout"
+        if line.strip() and (problem := _json_line_problem(line)):
+            return f"{path} line {i + 1} {problem}; each line must be one JSON object"
     return None
+
+
+def _jsonl_without_bad_lines(path: Path, records: list[int], copy: Path) -> Path:
+    """`copy` <- the record lines (1-based numbers) of a JSON Lines file, without its bad lines."""
+    lines = read_lines(path)
+    copy.write_text("".join(lines[n - 1] + "\n" for n in records), encoding="utf-8")
+    return copy
 
 
 def _row_locator(path: Path, loader: str, lines: list[int] | None) -> Callable[[int], str]:
@@ -295,18 +324,31 @@ def read_table(
         for name, file, key in (("train", train_file, "data.train_file"), ("test", test_file, "data.test_file")):
             loader = table_loader(file, key)
             path = Path(file)
-            lines = None if loader == "parquet" else _scan_text_table(path)
+            jsonl = _is_jsonl(path, loader)
+            skipped: dict[str, int] = {}
+            source = path
+            if jsonl and bad_lines == "skip":
+                # A line that is not UTF-8 or not one JSON object is one bad document: skipped and counted.
+                lines, bad = _bad_jsonl_lines(path)
+                if any(bad.values()):
+                    source = _jsonl_without_bad_lines(path, lines, Path(scratch) / f"{name}.jsonl")
+                    skipped = {reason: len(numbers) for reason, numbers in bad.items()}
+            else:
+                lines = None if loader == "parquet" else _scan_text_table(path)
             options = _csv_as_written(text_column, labels_column) if loader == "csv" else {}
             try:
-                table = load_dataset(loader, data_files={name: str(path)}, split=name, cache_dir=scratch, **options)
+                table = load_dataset(loader, data_files={name: str(source)}, split=name, cache_dir=scratch, **options)
             except Exception as e:  # datasets raises many types (ArrowInvalid, DatasetGenerationError, ...)
-                bad_line = _first_bad_json_line(path) if _is_jsonl(path, loader) else None
+                bad_line = _first_bad_json_line(path) if jsonl else None
                 if bad_line:
                     raise DataError(bad_line) from e
                 cause = e.__cause__ or e
                 raise DataError(f"{path} could not be read as {loader}: {type(cause).__name__}: {cause}".strip()) from e
             locate = _row_locator(path, loader, lines)
-            out[name] = split_from_columns(name, table, text_column, labels_column, bad_lines, locate, str(path))
+            split = split_from_columns(name, table, text_column, labels_column, bad_lines, locate, str(path))
+            for reason, n in skipped.items():
+                split.skipped[reason] += n
+            out[name] = split
             del table
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
