@@ -57,6 +57,7 @@ def test_overrides_are_typed_and_nested():
         ({"train": {"seed": -1}}, "config key 'train.seed' must be at least 0, got -1"),
         ({"data": {"valid_seed": -2}}, "config key 'data.valid_seed' must be at least 0, got -2"),
         ({"synthetic": {"seed": -3}}, "config key 'synthetic.seed' must be at least 0, got -3"),
+        ({"eval": {"ks": [1, 3, 1]}}, "config key 'eval.ks' is [1, 3, 1], which repeats a k; list each k once"),
         ({"train": {"warmup_steps": -1}}, "config key 'train.warmup_steps' must be at least 0, got -1"),
         ({"train": {"eval_every": -5}}, "config key 'train.eval_every' must be at least 0, got -5"),
         ({"train": {"save_every": -5}}, "config key 'train.save_every' must be at least 0, got -5"),

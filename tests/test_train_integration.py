@@ -181,6 +181,11 @@ def test_predict_and_evaluate_round_trip(zero0, runs, tmp_path):
     bad_k = subprocess.run([sys.executable, "-m", "xmtc.predict", "--run", str(out), "--texts", str(texts), "--k", "0"],
                            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert bad_k.returncode == 2 and bad_k.stderr.strip() == "error: --k must be at least 1, got 0"
+    texts.write_text("")
+    (tmp_path / "p.txt").write_text("an earlier file")
+    empty = subprocess.run([sys.executable, "-m", "xmtc.predict", "--run", str(out), "--texts", str(texts), "--out", str(tmp_path / "p.txt")],
+                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 0 and (tmp_path / "p.txt").read_text() == "", empty.stderr  # no lines in, none out
 
 
 def evaluate_run(out: Path, tmp_path: Path, *args: str) -> dict:

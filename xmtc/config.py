@@ -555,6 +555,8 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"config key 'model.embed_init_std' must be positive, got {cfg.model.embed_init_std}")
     if not cfg.eval.ks or min(cfg.eval.ks) < 1:
         raise ConfigError(f"config key 'eval.ks' must be a non-empty list of positive k, got {cfg.eval.ks}")
+    if len(set(cfg.eval.ks)) != len(cfg.eval.ks):
+        raise ConfigError(f"config key 'eval.ks' is {cfg.eval.ks}, which repeats a k; list each k once")
     if not 0.0 <= cfg.data.valid_fraction < 1.0:
         raise ConfigError(f"config key 'data.valid_fraction' must be in [0, 1), got {cfg.data.valid_fraction}")
     if cfg.train.select_metric and cfg.train.select_metric not in metric_names(cfg.eval.ks):

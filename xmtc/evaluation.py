@@ -2,7 +2,8 @@
 
 Every rank runs the same number of forward passes (ranks with fewer documents score a padding batch
 and discard it) because ZeRO-3 parameter gathers and label-sharded all-gathers are collectives.
-Metric sums are all-reduced, so each document counts exactly once.
+Metric sums are all-reduced, so each document counts exactly once (ranks that score the same documents
+together, as a label-sharded SGM group does, add their sums once).
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torc
 
 @torch.no_grad()
 def evaluate(model, dataset, cfg: Config, data_rank: int, data_world_size: int, device: torch.device,
-             label_counts: np.ndarray, num_train_docs: int) -> dict:
-    """Metrics of `model` on `dataset` (a split of the corpus); `model` may be a DeepSpeed engine."""
+             label_counts: np.ndarray, num_train_docs: int, counts: bool = True) -> dict:
+    """Metrics of `model` on `dataset` (a split of the corpus); `model` may be a DeepSpeed engine.
+
+    `counts`: false on the ranks whose documents another rank also scores (ParallelPlan.counts_metrics);
+    they run the same forward passes but add nothing to the all-reduced sums."""
     module = getattr(model, "module", model)
     was_training = module.training
     model.eval()
@@ -50,7 +54,8 @@ def evaluate(model, dataset, cfg: Config, data_rank: int, data_world_size: int, 
         else:
             predicted = scores.float().cpu().numpy() >= cfg.eval.threshold
         sums.add(ranked, predicted, batch["label_idx"].cpu().numpy(), batch["label_offsets"].cpu().numpy(), inv_p)
-    total = all_reduce_sum(torch.from_numpy(sums.vector()))
+    vector = sums.vector() if counts else np.zeros_like(sums.vector())
+    total = all_reduce_sum(torch.from_numpy(vector))
     if was_training:
         model.train()
     return MetricSums.from_vector(ks, num_labels, total.numpy()).result()

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             lines[number - 1] = line
         if total > len(texts):
             print(f"{args.texts}: {total - len(texts)} empty or undecodable line(s) got empty predictions", file=sys.stderr)
-        text = "\n".join(lines) + "\n"
+        text = "".join(f"{line}\n" for line in lines)  # one output line per input line: none for an empty file
         if args.out == "-":
             sys.stdout.write(text)
         else:

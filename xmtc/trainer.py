@@ -349,7 +349,7 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     def log_eval(split: str, **extra) -> dict:
         dataset = corpus.valid if split == "valid" else corpus.test
         metrics = evaluate(engine, dataset, cfg, plan.data_rank, plan.data_world_size, dist_info.device,
-                           corpus.label_counts, corpus.label_counts_docs)
+                           corpus.label_counts, corpus.label_counts_docs, counts=plan.counts_metrics)
         record = {"split": split, "step": step, "epoch": step / sampler.steps_per_epoch, "samples_per_s": samples_per_s,
                   "train_loss": last_loss, **metrics, **extra}
         if dist_info.is_main:

@@ -98,6 +98,7 @@ def test_label_sharded_run_matches_the_unsharded_run(tmp_path):
     sharded = train(tmp_path / "sharded", *steps, "--parallel.label_shards", "2")
     plain = train(tmp_path / "plain", *steps, processes=1)
     assert sharded["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-4)
+    assert sharded["num_docs"] == plain["num_docs"] == 200  # the shard group decodes each document once, together
     for key in ("micro_f1", "hamming_loss", "P@1"):
         assert sharded[key] == pytest.approx(plain[key], abs=0.011), key
     layout = json.loads((tmp_path / "sharded" / "checkpoints" / "step20" / "label_shards.json").read_text())

@@ -37,6 +37,12 @@ class ParallelPlan:
         """Which label shard this rank holds (its model-parallel rank; 0 when unsharded)."""
         return self.mpu.get_model_parallel_rank() if self.mpu is not None else 0
 
+    @property
+    def counts_metrics(self) -> bool:
+        """Whether this rank's evaluation sums enter the all-reduced metrics: false on all but one rank of a
+        group that scores the same documents together (each document must count once)."""
+        return True
+
     def param_groups(self, groups: list[dict]) -> list[dict]:
         """Optimizer parameter groups as DeepSpeed must see them."""
         return groups

@@ -137,6 +137,10 @@ class SGMShardPlan(LabelShardPlan):
         # Each shard group reads one micro-batch per micro-step, like one data-parallel rank.
         return ds
 
+    @property
+    def counts_metrics(self) -> bool:
+        return self.shard_rank == 0  # the group's ranks decode the same documents
+
     def _align_rng(self, module: nn.Module, args) -> None:
         if not module.training or self.groups.num_shards == 1:
             return
