@@ -120,6 +120,10 @@ def test_evaluate_refuses_a_corpus_other_than_the_trained_one(tmp_path):
         check_corpus_matches_run(tmp_path, types.SimpleNamespace(**{**vars(corpus), "label_names": ["acq", "earn"]}))
     with pytest.raises(UserError, match="its tokenizer/ differs"):
         check_corpus_matches_run(tmp_path, types.SimpleNamespace(**{**vars(corpus), "tokenizer": WhitespaceTokenizer(["fig", "apple"])}))
+    # Label names as a table may give them: U+2028, U+0085 and a form feed are not line breaks of labels.txt.
+    odd = types.SimpleNamespace(**{**vars(corpus), "label_names": ["Foo\u2028Bar", "a\x85b", "c\x0cd", "e\u00a0f"]})
+    (tmp_path / "labels.txt").write_bytes(("\n".join(odd.label_names) + "\n").encode())
+    check_corpus_matches_run(tmp_path, odd)
 
 
 def test_train_entry_point_shuts_its_process_groups_down(tmp_path):

@@ -140,7 +140,8 @@ def check_corpus_matches_run(run_dir: Path, corpus) -> None:
     from xmtc.data import load_tokenizer
 
     labels = run_dir / "labels.txt"
-    if labels.is_file() and labels.read_text(encoding="utf-8").splitlines() != corpus.label_names:
+    # Split on "\n" only, as it was written: a label may hold U+2028 or U+0085, which splitlines() would cut.
+    if labels.is_file() and labels.read_bytes().decode("utf-8").split("\n")[:-1] != corpus.label_names:
         raise UserError(f"the data behind {run_dir} changed since it trained: its labels.txt differs from the labels of "
                         f"{corpus.cache_path} ({corpus.num_labels}); point the run's config.json at the data it trained on")
     saved = run_dir / "tokenizer"

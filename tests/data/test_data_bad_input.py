@@ -163,6 +163,14 @@ def test_jsonl_bad_lines_are_skipped_and_counted(tmp_path, make_cfg):
     assert len(corpus.train) == 1 and (corpus.stats["train_skipped_malformed"], corpus.stats["train_skipped_empty"]) == (1, 1)
 
 
+def test_a_label_with_a_line_break_is_refused(tmp_path, make_cfg):
+    train = write_lines(tmp_path / "train.jsonl", [json.dumps({"text": "apple", "labels": ["a"]}),
+                                                   json.dumps({"text": "fig", "labels": ["b", "c\rd"]})])
+    test = write_lines(tmp_path / "test.jsonl", [json.dumps({"text": "apple", "labels": ["a"]})])
+    with raises(f"{train} line 2 has the label 'c\\rd', which holds a line break; a label name must be one line"):
+        load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test), bad_lines="skip"), SyntheticConfig())
+
+
 def test_csv_cells_are_read_as_written(tmp_path, make_cfg, cache_dir):
     # pandas would guess numbers ("007" -> 7, differently per file) and missing values ("NA", "null", "").
     train = write_lines(tmp_path / "train.csv", ["text,labels", "apple pie,007", "null,NA", "fig jam,010", "kiwi,007"])
@@ -174,6 +182,22 @@ def test_csv_cells_are_read_as_written(tmp_path, make_cfg, cache_dir):
     write_lines(train, ["text,labels", "apple pie,7", "fig jam,", "kiwi,3"])
     with raises(f"{train} row 2 (after the header) has no labels"):
         load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test)), SyntheticConfig())
+
+
+def test_csv_row_with_more_fields_than_its_header_names_its_line(tmp_path, make_cfg):
+    # pandas would take the first column as the index: every text replaced by its labels, without a word.
+    train = write_lines(tmp_path / "train.csv", ["text,labels", "apple pie,food sweet,0.9", "rust compiler,code,0.7"])
+    test = write_lines(tmp_path / "test.csv", ["text,labels", "fig,food"])
+    cfg = make_cfg(format="table", train_file=str(train), test_file=str(test), bad_lines="skip")
+    with raises(f"{train} line 2 has 3 fields but its header has 2 (text, labels); quote a cell that holds a comma"):
+        load_corpus(cfg, SyntheticConfig())
+    # Lines, not records: a quoted cell spanning two lines and a blank line come before the broken row.
+    write_lines(train, ["text,labels", '"apple\npie, sweet",food', "", "fig,fruit", "rust, compiler,code"])
+    with raises(f"{train} line 6 has 3 fields but its header has 2"):
+        load_corpus(cfg, SyntheticConfig())
+    write_lines(train, ["text,labels", '"apple\npie, sweet",food', "fig,", "kiwi"])  # fewer fields: no labels
+    corpus = load_corpus(cfg, SyntheticConfig())
+    assert len(corpus.train) == 1 and corpus.stats["train_skipped_no_labels"] == 2 and corpus.label_names == ["food"]
 
 
 def test_table_undecodable_and_unknown_extension(tmp_path, make_cfg):

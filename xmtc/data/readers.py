@@ -79,6 +79,9 @@ class SplitBuilder:
             labels = [str(labels)]
         elif isinstance(labels, (list, tuple)):
             labels = [str(x).strip() for x in labels if x is not None and str(x).strip()]
+            broken = next((x for x in labels if "\n" in x or "\r" in x), None)
+            if broken is not None:
+                raise DataError(f"{labels_at} has the label {broken!r}, which holds a line break; a label name must be one line")
         else:
             raise DataError(f"{labels_at} holds a {type(labels).__name__}, expected a list of labels or a space-separated string")
         if not self.text_ok(text, text_at):
@@ -306,8 +309,32 @@ def split_from_columns(
 
 def _csv_as_written(*columns: str) -> dict[str, Any]:
     """CSV cells of `columns` as written: no type guessing ("007" stays "007"; a column of numbers with one
-    empty cell does not turn into floats) and no missing-value words ("NA" and "null" are a label and a text)."""
-    return {"converters": dict.fromkeys(columns, str), "keep_default_na": False, "na_filter": False}
+    empty cell does not turn into floats), no missing-value words ("NA" and "null" are a label and a text),
+    and never a first column taken as the row index (pandas does that when rows have one field more than
+    the header; `_check_csv_fields` refuses such rows first)."""
+    return {"converters": dict.fromkeys(columns, str), "keep_default_na": False, "na_filter": False, "index_col": False}
+
+
+def _check_csv_fields(path: Path) -> None:
+    """A CSV row with more fields than the header stops the run, naming its line: pandas would shift every
+    column of the file by one (an unquoted comma in a text) or drop the extra cells. Fewer fields are missing
+    cells, which the bad-lines policy handles (a document without labels)."""
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header: list[str] | None = None
+        start = 1
+        for row in reader:
+            if row:
+                if header is None:
+                    header = row
+                elif len(row) > len(header):
+                    raise DataError(
+                        f"{path} line {start} has {len(row)} fields but its header has {len(header)} "
+                        f"({', '.join(header)}); quote a cell that holds a comma"
+                    )
+            start = reader.line_num + 1
 
 
 def read_table(
@@ -335,6 +362,8 @@ def read_table(
                     skipped = {reason: len(numbers) for reason, numbers in bad.items()}
             else:
                 lines = None if loader == "parquet" else _scan_text_table(path)
+                if loader == "csv":
+                    _check_csv_fields(path)
             options = _csv_as_written(text_column, labels_column) if loader == "csv" else {}
             try:
                 table = load_dataset(loader, data_files={name: str(source)}, split=name, cache_dir=scratch, **options)
