@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,19 @@ def test_hub_from_local_directory(tmp_path, make_cfg, monkeypatch):
     root.mkdir()
     write_tables(root, "jsonl")
     cfg = make_cfg(format="hub", hub_name=str(root), text_column="body", labels_column="tags")
-    check_small(load_corpus(cfg, SyntheticConfig()))
+    first = load_corpus(cfg, SyntheticConfig())
+    check_small(first)
+    assert list((Path(cfg.cache_dir) / "hf").iterdir()) == [] and not (tmp_path / "hf").exists()  # no conversion kept
+    # An edit that keeps the size and the modification time (cp -p, rsync -t) is a new corpus.
+    train = root / "train.jsonl"
+    st = train.stat()
+    train.write_text(train.read_text().replace('"a', '"z'))
+    os.utime(train, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert train.stat().st_size == st.st_size
+    edited = load_corpus(cfg, SyntheticConfig())
+    assert edited.cache_path != first.cache_path and not edited.cache_hit
+    assert "a" in first.label_names and "a" not in edited.label_names and "z" in edited.label_names
+    assert load_corpus(cfg, SyntheticConfig()).cache_hit
     with pytest.raises(DataError, match=r"has no split 'validation' \(config key 'data.test_split'\); it has: train, test"):
         load_corpus(make_cfg(format="hub", hub_name=str(root), test_split="validation"), SyntheticConfig())
 

@@ -118,6 +118,22 @@ def source_inputs(data: DataConfig, synth: SyntheticConfig) -> tuple[dict[str, A
         columns = (data.text_column, data.labels_column, data.bad_lines)
         inputs = {"files": files, "columns": [data.text_column, data.labels_column]}
         return inputs, lambda: RawCorpus(readers.read_table(data.train_file, data.test_file, *columns, hf_cache))
+    if fmt == "hub" and (local := readers.local_hub_files(data.hub_name)) is not None:
+        # A local directory: keyed by the content of its files, like the other formats.
+        root = Path(data.hub_name)
+        inputs = {
+            "hub_dir": [[str(f.relative_to(root)), file_fingerprint(f, data.cache_dir)] for f in local],
+            "hub": [data.hub_config, data.train_split, data.test_split],
+            "columns": [data.text_column, data.labels_column],
+        }
+        args = (data.hub_name, data.hub_config, data.train_split, data.test_split, data.text_column, data.labels_column,
+                data.bad_lines, str(Path(data.cache_dir) / "hf"))
+
+        def read_local() -> RawCorpus:
+            with quiet_datasets():
+                return RawCorpus(readers.read_local_hub(*args))
+
+        return inputs, read_local
     if fmt == "hub":
         with quiet_datasets():
             loaded = readers.load_hub(data.hub_name, data.hub_config)

@@ -384,14 +384,23 @@ def read_table(
     return out
 
 
-def load_hub(hub_name: str, hub_config: str) -> Any:
-    """The Hub dataset (a DatasetDict); a local directory of data files also works (offline)."""
+def local_hub_files(hub_name: str) -> list[Path] | None:
+    """The data files of a "hub" dataset that is a local directory (hidden entries left out), else None."""
+    root = Path(hub_name) if hub_name else None
+    if root is None or not root.is_dir():
+        return None
+    return sorted(p for p in root.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(root).parts))
+
+
+def load_hub(hub_name: str, hub_config: str, cache_dir: str | None = None) -> Any:
+    """The Hub dataset (a DatasetDict); a local directory of data files also works (offline).
+    `cache_dir`: where `datasets` converts it (default: its own cache, keyed by path and modification time)."""
     from datasets import load_dataset
 
     if not hub_name:
         raise ConfigError('config key \'data.hub_name\' is empty; the "hub" format needs a dataset name')
     try:
-        return load_dataset(hub_name, hub_config or None)
+        return load_dataset(hub_name, hub_config or None, cache_dir=cache_dir)
     except Exception as e:  # network, missing dataset, bad config name: all user-facing
         raise DataError(
             f"Hub dataset '{hub_name}'{f' config {hub_config!r}' if hub_config else ''} could not be loaded "
@@ -406,12 +415,30 @@ def hub_split(loaded: Any, hub_name: str, split: str, key: str) -> Any:
     return loaded[split]
 
 
+def read_local_hub(
+    hub_name: str, hub_config: str, train_split: str, test_split: str, text_column: str, labels_column: str, bad_lines: str,
+    hf_cache_dir: str,
+) -> dict[str, RawSplit]:
+    """A "hub" dataset in a local directory, converted by `datasets` in a fresh directory removed after
+    reading: its own cache follows paths and modification times, which an edit can keep (ours follows content)."""
+    Path(hf_cache_dir).mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.mkdtemp(dir=hf_cache_dir, prefix="read-")
+    try:
+        loaded = load_hub(hub_name, hub_config, cache_dir=scratch)
+        out = read_hub(loaded, hub_name, train_split, test_split, text_column, labels_column, bad_lines)
+        del loaded
+        return out
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def read_hub(
     loaded: Any, hub_name: str, train_split: str, test_split: str, text_column: str, labels_column: str, bad_lines: str
 ) -> dict[str, RawSplit]:
     out = {}
-    for name, split, key in (("train", train_split, "data.train_split"), ("test", test_split, "data.test_split")):
-        table = hub_split(loaded, hub_name, split, key)
+    parts = (("train", train_split, "data.train_split"), ("test", test_split, "data.test_split"))
+    tables = [hub_split(loaded, hub_name, split, key) for _, split, key in parts]  # a missing split is said first
+    for (name, split, _), table in zip(parts, tables):
         source = f"Hub dataset '{hub_name}' split '{split}'"
         out[name] = split_from_columns(name, table, text_column, labels_column, bad_lines, _hub_locator(source), source)
     return out
