@@ -105,6 +105,29 @@ def test_stale_temporary_directory_is_removed(small_xmtc, make_cfg, cache_dir):
     assert not stale.exists()
 
 
+def test_an_unwritable_cache_serves_what_it_holds_and_refuses_to_build(tmp_path):
+    from xmtc.config import DataConfig
+    from xmtc.data.readers import scratch_dir
+
+    make_cfg = DataConfig
+
+    train = write_lines(tmp_path / "train.jsonl", ['{"text": "apple fig", "labels": ["a"]}', '{"text": "kiwi", "labels": ["b"]}'])
+    cfg = make_cfg(format="table", train_file=str(train), test_file=str(train), cache_dir=str(tmp_path / "cache"))
+    corpus = load_corpus(cfg, SyntheticConfig())
+    # A read-only cache (here: where datasets' scratch directory would go is a file) still reads the texts again.
+    (tmp_path / "cache" / "hf").rmdir()
+    (tmp_path / "cache" / "hf").write_text("")
+    assert list(loader.whole_train_token_ids(load_corpus(cfg, SyntheticConfig()), cfg, SyntheticConfig())) == [[2, 3], [4]]
+    assert Path(scratch_dir(str(tmp_path / "cache" / "hf"))).parent != tmp_path / "cache"
+    # A cache that cannot be written and lacks the corpus: one sentence, not a traceback.
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match=f"^the cache directory {tmp_path / 'file' / 'c'} \\(config key 'data.cache_dir'\\) cannot be "
+                                        r"written \(Not a directory\) and holds no complete copy"):
+        load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(train), cache_dir=str(tmp_path / "file" / "c")),
+                    SyntheticConfig())
+    assert corpus.num_labels == 2
+
+
 def test_concurrent_processes_build_once(small_xmtc, make_cfg, tmp_path):
     import datasets  # noqa: F401  (imported once here rather than in each child)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from xmtc.config import DataError
 from xmtc.io import atomic_write_json
 
 CACHE_VERSION = 2
@@ -79,8 +80,14 @@ def build_once(root: str | os.PathLike, key: str, inputs: dict[str, Any], build:
     final = root / key
     if _is_complete(final):
         return final, True
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f"{key}.lock")):
+    lock = FileLock(str(root / f"{key}.lock"))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as e:
+        raise DataError(f"the cache directory {root} (config key 'data.cache_dir') cannot be written ({e.strerror}) and "
+                        "holds no complete copy of what this run needs; point data.cache_dir at a writable directory") from e
+    try:
         if _is_complete(final):  # another process built it while we waited
             return final, True
         for stale in root.glob(f".tmp-{key}-*"):  # left by a crashed build; we hold the lock
@@ -105,4 +112,6 @@ def build_once(root: str | os.PathLike, key: str, inputs: dict[str, Any], build:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    finally:
+        lock.release()
     return final, False

@@ -237,6 +237,16 @@ def _scan_text_table(path: Path) -> list[int]:
     return records
 
 
+def scratch_dir(hf_cache_dir: str) -> str:
+    """A fresh directory for `datasets`' conversion of a file, beside our cache; in the system's temporary
+    directory when the cache cannot be written (a read-only cache still serves what it holds)."""
+    try:
+        Path(hf_cache_dir).mkdir(parents=True, exist_ok=True)
+        return tempfile.mkdtemp(dir=hf_cache_dir, prefix="read-")
+    except OSError:
+        return tempfile.mkdtemp(prefix="xmtc-read-")
+
+
 def _is_jsonl(path: Path, loader: str) -> bool:
     return loader == "json" and path.suffix.lower() == ".jsonl"
 
@@ -345,8 +355,7 @@ def read_table(
     out = {}
     # datasets' own Arrow conversion goes to a fresh directory, removed after reading: its cache is keyed by
     # path and mtime, which an edit can keep, and ours (keyed by content) is what later runs read.
-    Path(hf_cache_dir).mkdir(parents=True, exist_ok=True)
-    scratch = tempfile.mkdtemp(dir=hf_cache_dir, prefix="read-")
+    scratch = scratch_dir(hf_cache_dir)
     try:
         for name, file, key in (("train", train_file, "data.train_file"), ("test", test_file, "data.test_file")):
             loader = table_loader(file, key)
@@ -421,8 +430,7 @@ def read_local_hub(
 ) -> dict[str, RawSplit]:
     """A "hub" dataset in a local directory, converted by `datasets` in a fresh directory removed after
     reading: its own cache follows paths and modification times, which an edit can keep (ours follows content)."""
-    Path(hf_cache_dir).mkdir(parents=True, exist_ok=True)
-    scratch = tempfile.mkdtemp(dir=hf_cache_dir, prefix="read-")
+    scratch = scratch_dir(hf_cache_dir)
     try:
         loaded = load_hub(hub_name, hub_config, cache_dir=scratch)
         out = read_hub(loaded, hub_name, train_split, test_split, text_column, labels_column, bad_lines)
