@@ -161,6 +161,15 @@ def test_jsonl_bad_lines_are_skipped_and_counted(tmp_path, make_cfg):
     cfg = make_cfg(format="table", train_file=str(train), test_file=str(test), bad_lines="skip")
     corpus = load_corpus(cfg, SyntheticConfig())
     assert len(corpus.train) == 1 and (corpus.stats["train_skipped_malformed"], corpus.stats["train_skipped_empty"]) == (1, 1)
+    # What pyarrow refuses though Python would not: a line of U+00A0 (str.strip() calls it blank), a lone surrogate.
+    write_lines(train, [good[0], "\u00a0", '{"text": "a\\ud800b", "labels": ["a"]}', good[1]])
+    assert len(load_corpus(cfg, SyntheticConfig()).train) == 2
+    error_cfg = make_cfg(format="table", train_file=str(train), test_file=str(test))
+    with raises(f"{train} line 2 is not valid JSON (Expecting value"):
+        load_corpus(error_cfg, SyntheticConfig())
+    write_lines(train, [good[0], '{"text": "a\\ud800b", "labels": ["a"]}', good[1]])
+    with raises(f"{train} line 2 holds an escaped lone surrogate"):
+        load_corpus(error_cfg, SyntheticConfig())
 
 
 def test_a_label_with_a_line_break_is_refused(tmp_path, make_cfg):

@@ -232,7 +232,7 @@ def _scan_text_table(path: Path) -> list[int]:
     for i, line in enumerate(read_lines(path)):
         if line is None:
             raise DataError(f"{path} line {i + 1} is not valid UTF-8; a table file must be UTF-8 throughout")
-        if line.strip():
+        if line.strip(JSON_WHITESPACE):
             records.append(i + 1)
     return records
 
@@ -251,6 +251,11 @@ def _is_jsonl(path: Path, loader: str) -> bool:
     return loader == "json" and path.suffix.lower() == ".jsonl"
 
 
+JSON_WHITESPACE = " \t\r\n"
+"""What JSON (and pyarrow's JSON Lines reader) calls blank; str.strip() would also strip U+00A0 or a form feed,
+which pyarrow refuses."""
+
+
 def _json_line_problem(line: str) -> str | None:
     """Why one non-blank JSON Lines line is not a record, or None."""
     try:
@@ -259,6 +264,10 @@ def _json_line_problem(line: str) -> str | None:
         return f"is not valid JSON ({e})"
     if not isinstance(value, dict):
         return f"holds a JSON {type(value).__name__}, not an object"
+    try:  # json accepts an escaped lone surrogate ("\ud800"), which is no character: pyarrow refuses it
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds an escaped lone surrogate (\\ud800-\\udfff), which is not a character"
     return None
 
 
@@ -269,7 +278,7 @@ def _bad_jsonl_lines(path: Path) -> tuple[list[int], dict[str, list[int]]]:
     for i, line in enumerate(read_lines(path)):
         if line is None:
             bad["undecodable"].append(i + 1)
-        elif line.strip():
+        elif line.strip(JSON_WHITESPACE):
             (bad["malformed"] if _json_line_problem(line) else records).append(i + 1)
     return records, bad
 
@@ -278,7 +287,7 @@ def _first_bad_json_line(path: Path) -> str | None:
     for i, line in enumerate(read_lines(path)):
         if line is None:
             return f"{path} line {i + 1} is not valid UTF-8; a table file must be UTF-8 throughout"
-        if line.strip() and (problem := _json_line_problem(line)):
+        if line.strip(JSON_WHITESPACE) and (problem := _json_line_problem(line)):
             return f"{path} line {i + 1} {problem}; each line must be one JSON object"
     return None
 
