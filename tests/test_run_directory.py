@@ -73,6 +73,72 @@ def test_run_directory_lifecycle(tmp_path):
     assert (run / "checkpoints.replaced1" / "step10").is_dir() and not (run / "checkpoints" / "step10").exists()
 
 
+def test_a_resumed_run_follows_its_config(tmp_path):
+    """Resumed with more steps, another learning rate and no selection: the run takes them from its config
+    (as its config.json says), drops the earlier selection, and a final of fewer steps is not "finished"."""
+    run, fresh = tmp_path / "run", tmp_path / "fresh"
+    valid = ("--data.valid_fraction", "0.2")
+    train(run, *valid, "--train.select_metric", "micro_f1")
+    assert (run / "checkpoints" / "best.json").is_file()
+    longer = (*valid, "--train.max_steps", "20", "--train.lr", "0.0003")
+    proc = train(run, *longer, "--train.resume", "true")
+    assert "resumed with train.lr from the config, not the checkpoint's" in proc.stdout
+    assert "removed the selection by micro_f1 (train.select_metric is now empty)" in proc.stdout
+    assert not (run / "checkpoints" / "best.json").exists() and not list((run / "checkpoints").glob("best-step*"))
+    train(fresh, *longer)
+    # The 10-step run's own final evaluation stays in the history.
+    assert [(r["split"], r["step"]) for r in records(run)] == [("valid", 5), ("valid", 10), ("test", 10), ("valid", 15), ("valid", 20), ("test", 20)]
+    # The learning rate after step 15 is the fresh run's (0.003 would give 10 times it).
+    lr_at_15 = [r["lr"] for r in records(fresh) if r["step"] == 15]
+    assert [r["lr"] for r in records(run) if r["step"] == 15] == lr_at_15 and 0 < lr_at_15[0] < 0.0003
+    # An extension stopped before its final evaluation: final_metrics.json is still the 10-step run's.
+    final = json.loads((run / "final_metrics.json").read_text())
+    (run / "final_metrics.json").write_text(json.dumps({**final, "step": 10}))
+    proc = train(run, *longer, "--train.resume", "true")
+    assert "nothing to do" not in proc.stdout and json.loads((run / "final_metrics.json").read_text())["step"] == 20
+    # A `latest` that names no checkpoint (DeepSpeed writes it in place) is one sentence, before anything is read.
+    for content, what in (("", "is empty (a save was stopped while DeepSpeed wrote it)"), ("step99\n", "names 'step99', which is not a checkpoint there")):
+        (run / "checkpoints" / "latest").write_text(content)
+        proc = train(run, *longer, "--train.resume", "true", check=False)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        assert proc.returncode == 2 and errors == [
+            f"error: {run / 'checkpoints' / 'latest'} {what}; write the tag to resume from into it "
+            "(checkpoints there: step5, step10, step15, step20)"
+        ], proc.stderr[-2000:]
+
+
+def test_configured_settings_survive_a_checkpoint_load():
+    import torch
+
+    from xmtc.optim import configured_settings
+
+    def make(lr, weight_decay, betas):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        opt = torch.optim.AdamW([{"params": [model.weight], "weight_decay": weight_decay}, {"params": [model.bias], "weight_decay": 0.0}],
+                                lr=lr, betas=betas)
+        return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))
+
+    model, opt, sched = make(0.1, 0.01, (0.9, 0.999))
+    for _ in range(3):
+        model(torch.ones(1, 3)).sum().backward()
+        opt.step()
+        sched.step()
+    state = (opt.state_dict(), sched.state_dict())
+    _, opt2, sched2 = make(0.02, 0.5, (0.5, 0.9))
+    restore = configured_settings(opt2, sched2)
+    opt2.load_state_dict(state[0])
+    sched2.load_state_dict(state[1])
+    assert opt2.param_groups[0]["lr"] == 0.1 / 4 and opt2.param_groups[0]["weight_decay"] == 0.01  # the checkpoint's
+    assert restore() == ["train.betas", "train.lr", "train.weight_decay"]
+    assert [g["lr"] for g in opt2.param_groups] == [0.02 / 4] * 2 and sched2.get_last_lr() == [0.02 / 4] * 2
+    assert [g["weight_decay"] for g in opt2.param_groups] == [0.5, 0.0] and opt2.param_groups[1]["betas"] == (0.5, 0.9)
+    assert sched2.last_epoch == 3 and len(opt2.state) == 2  # position and moments stay the checkpoint's
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == 0.02 / 5
+    assert restore() == []  # nothing differs any more
+
+
 def rendezvous_dirs() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob("xmtc-rdzv-*")}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -52,3 +53,28 @@ def lr_lambda(cfg: Config, total_steps: int):
         return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * shape
 
     return factor
+
+
+def configured_settings(optimizer: torch.optim.Optimizer, scheduler) -> Callable[[], list[str]]:
+    """What the config set in `optimizer` and `scheduler` (lr, weight decay, betas per group), as a function
+    that puts it back after a checkpoint load, which restores the checkpointed run's values: a resumed run
+    takes train.lr, weight_decay and betas from its config, as its config.json then says. The function
+    returns the settings that differed from the checkpoint's (config keys)."""
+    groups = [(g["weight_decay"], tuple(g["betas"])) for g in optimizer.param_groups]
+    base_lrs = list(scheduler.base_lrs)
+
+    def restore() -> list[str]:
+        changed = set()
+        if [float(b) for b in scheduler.base_lrs] != base_lrs:
+            changed.add("train.lr")
+        for g, (weight_decay, betas) in zip(optimizer.param_groups, groups):
+            changed |= {"train.weight_decay"} if g["weight_decay"] != weight_decay else set()
+            changed |= {"train.betas"} if tuple(g["betas"]) != betas else set()
+            g["weight_decay"], g["betas"] = weight_decay, betas
+        scheduler.base_lrs = list(base_lrs)
+        for g, base, factor in zip(optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
+            g["initial_lr"], g["lr"] = base, base * factor(scheduler.last_epoch)  # the restored position
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+        return sorted(changed)
+
+    return restore

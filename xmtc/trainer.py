@@ -42,7 +42,7 @@ from xmtc.models import build_model
 from xmtc.models.common import load_word_vectors
 from xmtc.models.tfidf import document_frequencies
 from xmtc.models.word_vectors import cached_ppmi_svd_vectors, scaled
-from xmtc.optim import build_optimizer, lr_lambda
+from xmtc.optim import build_optimizer, configured_settings, lr_lambda
 from xmtc.parallel import load_checkpoint, parallelize
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed on a signal, run again with train.resume
@@ -264,7 +264,10 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     last_saved: tuple[int, str] | None = None  # (step, tag) of the newest checkpoint `latest` names
     resumed = cfg.train.resume and (ckpt_dir / "latest").is_file()
     if resumed:
+        restore_settings = configured_settings(optimizer, scheduler) if scheduler is not None else None
         loaded_tag, client = load_checkpoint(engine, plan, ckpt_dir)
+        if restore_settings is not None and (changed := restore_settings()):
+            print0(f"resumed with {', '.join(changed)} from the config, not the checkpoint's")
         step = int(client["step"])
         last_saved = (step, loaded_tag)
         last_loss = float(client.get("train_loss", float("nan")))
@@ -272,9 +275,11 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
         if best is not None and (best["metric"] != select or best["step"] > step):
             best = None  # another metric, or a step this run has not reached (it will be met again)
         print0(f"resumed from {ckpt_dir} at step {step}" + (f"; best {select} so far {best['value']:.4f} at step {best['step']}" if best else ""))
-        if step >= total_steps and (out / "final_metrics.json").is_file():
+        final = out / "final_metrics.json"
+        done = json.loads(final.read_text()) if step >= total_steps and final.is_file() else None
+        if done is not None and done.get("step") == step:  # not a final of fewer steps this run extended
             print0(f"{out} finished at step {step} already (final_metrics.json); nothing to do")
-            return json.loads((out / "final_metrics.json").read_text())
+            return done
     # Every check has passed: only now does this run write into its directory.
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -283,14 +288,21 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
             dropped = keep_metrics_through(out / "metrics.jsonl", lambda r: r.get("step", 0) < step or (r.get("step") == step and step < total_steps))
             if dropped:
                 print0(f"metrics.jsonl: dropped {dropped} record(s) logged after step {step} by the interrupted run")
-            if select:
-                # Copies a crash left between best.json and the removal of the previous best, or selections
-                # of steps after this checkpoint: only the selection in force is kept.
-                for stray in ckpt_dir.glob("best-step*"):
-                    if best is None or stray.name != best["tag"]:
-                        shutil.rmtree(stray, ignore_errors=True)
-                if best is None:
-                    (ckpt_dir / BEST_FILE).unlink(missing_ok=True)
+            # Copies a crash left between best.json and the removal of the previous best, selections of steps
+            # after this checkpoint, or of another select_metric (none, now): only the selection in force is
+            # kept, so xmtc.evaluate/xmtc.predict never default to weights this config did not select.
+            for stray in ckpt_dir.glob("best-step*"):
+                if best is None or stray.name != best["tag"]:
+                    shutil.rmtree(stray, ignore_errors=True)
+            if best is None and (ckpt_dir / BEST_FILE).is_file():
+                try:
+                    earlier = read_best(ckpt_dir)
+                except UserError:  # unreadable: nothing to keep
+                    earlier = None
+                (ckpt_dir / BEST_FILE).unlink()
+                if earlier is not None and earlier.get("metric") != select:
+                    print0(f"{ckpt_dir / BEST_FILE}: removed the selection by {earlier.get('metric')} "
+                           f"(train.select_metric is now {select or 'empty'})")
         else:
             aside = set_aside_run(out)
             if aside is not None:
@@ -351,7 +363,7 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
         metrics = evaluate(engine, dataset, cfg, plan.data_rank, plan.data_world_size, dist_info.device,
                            corpus.label_counts, corpus.label_counts_docs, counts=plan.counts_metrics)
         record = {"split": split, "step": step, "epoch": step / sampler.steps_per_epoch, "samples_per_s": samples_per_s,
-                  "train_loss": last_loss, **metrics, **extra}
+                  "train_loss": last_loss, "lr": float(engine.get_lr()[0]), **metrics, **extra}
         if dist_info.is_main:
             append_jsonl(out / "metrics.jsonl", record)
             if engine.monitor is not None and engine.monitor.enabled:

@@ -173,8 +173,14 @@ def check_resume_layout(ckpt_dir: Path, num_shards: int) -> None:
         return
     tag = latest.read_text().strip()
     tag_dir = Path(ckpt_dir) / tag
-    if not tag_dir.is_dir():
-        return
+    if not tag or "/" in tag or not tag_dir.is_dir():
+        tags = sorted((p.name for p in Path(ckpt_dir).iterdir() if p.is_dir() and any(p.glob("*model_states.pt"))),
+                      key=lambda t: (len(t), t))
+        what = "is empty (a save was stopped while DeepSpeed wrote it)" if not tag else f"names {tag!r}, which is not a checkpoint there"
+        raise UserError(
+            f"{latest} {what}; write the tag to resume from into it (checkpoints there: {', '.join(tags) or 'none'})"
+            + ("" if tags else ", or remove it to start afresh")
+        )
     saved = int(read_layout(tag_dir)["num_shards"])
     run = Path(ckpt_dir).parent
     if saved != num_shards:
