@@ -57,6 +57,11 @@ def test_overrides_are_typed_and_nested():
         ({"train": {"seed": -1}}, "config key 'train.seed' must be at least 0, got -1"),
         ({"data": {"valid_seed": -2}}, "config key 'data.valid_seed' must be at least 0, got -2"),
         ({"synthetic": {"seed": -3}}, "config key 'synthetic.seed' must be at least 0, got -3"),
+        ({"train": {"max_steps": 0, "epochs": float("inf")}}, "config key 'train.epochs' must be a positive finite number, got inf"),
+        ({"train": {"max_steps": 0, "epochs": float("nan")}}, "config key 'train.epochs' must be a positive finite number, got nan"),
+        ({"train": {"max_steps": -2}}, "config key 'train.max_steps' must be at least 0 (0 = train.epochs decides), got -2"),
+        ({"deepspeed": {"bf16": True}}, "config key 'deepspeed.bf16' is True; it must be an object, e.g. {\"enabled\": true}"),
+        ({"deepspeed": {"zero_optimization": 2}}, "config key 'deepspeed.zero_optimization' is 2; it must be an object, e.g. {\"stage\": 2}"),
         ({"eval": {"ks": [1, 3, 1]}}, "config key 'eval.ks' is [1, 3, 1], which repeats a k; list each k once"),
         ({"train": {"warmup_steps": -1}}, "config key 'train.warmup_steps' must be at least 0, got -1"),
         ({"train": {"eval_every": -5}}, "config key 'train.eval_every' must be at least 0, got -5"),
@@ -89,6 +94,12 @@ def test_label_shards_must_divide_world_size():
     cfg = config_from_dict({"parallel": {"label_shards": 3}})
     with pytest.raises(ConfigError, match="does not divide the world size 4"):
         cfg.check_batch(4)
+
+
+def test_override_numbers_json_does_not_write():
+    assert parse_overrides(["--train.lr", ".001", "--train.epochs", "2.", "--train.seed", "+3", "--data.path", "nan"]) == {
+        "train.lr": 0.001, "train.epochs": 2.0, "train.seed": 3, "data.path": "nan"}
+    assert parse_overrides(["--model.name", "inf", "--train.select_metric", "P@1"]) == {"model.name": "inf", "train.select_metric": "P@1"}
 
 
 def test_override_syntax_errors():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -450,6 +451,11 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text
+            try:  # numbers JSON does not write: .001, 1., +3, 1_000
+                if text.strip() and not text.strip().isalpha():
+                    value = float(text) if not text.strip().lstrip("+-").isdigit() else int(text)
+            except ValueError:
+                pass
         if _is_str_field(key) and not isinstance(value, str):
             value = text  # --train.output_dir 2024 is the directory "2024", not a number
         out[key] = value
@@ -564,8 +570,10 @@ def _check_values(cfg: Config) -> None:
             f"config key 'train.select_metric' is \"{cfg.train.select_metric}\"; allowed: \"\" (no selection) or one of "
             + ", ".join(metric_names(cfg.eval.ks))
         )
-    if cfg.train.max_steps < 0 or cfg.train.epochs <= 0:
-        raise ConfigError("config keys 'train.max_steps' (>= 0) and 'train.epochs' (> 0) are out of range")
+    if cfg.train.max_steps < 0:
+        raise ConfigError(f"config key 'train.max_steps' must be at least 0 (0 = train.epochs decides), got {cfg.train.max_steps}")
+    if not (0 < cfg.train.epochs < math.inf):
+        raise ConfigError(f"config key 'train.epochs' must be a positive finite number, got {cfg.train.epochs}")
     if not cfg.train.lr > 0.0:
         raise ConfigError(f"config key 'train.lr' must be positive, got {cfg.train.lr}")
     if not 0.0 <= cfg.train.min_lr_ratio <= 1.0:
@@ -582,8 +590,12 @@ def _check_values(cfg: Config) -> None:
     clip = cfg.deepspeed.get("gradient_clipping", 0.0)
     if not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0:
         raise ConfigError(f"config key 'deepspeed.gradient_clipping' must be a number >= 0 (0 = off), got {clip!r}")
+    for block in ("zero_optimization", "bf16", "fp16"):
+        if block in cfg.deepspeed and not isinstance(cfg.deepspeed[block], dict):
+            example = '{"stage": 2}' if block == "zero_optimization" else '{"enabled": true}'
+            raise ConfigError(f"config key 'deepspeed.{block}' is {cfg.deepspeed[block]!r}; it must be an object, e.g. {example}")
     zero = cfg.deepspeed.get("zero_optimization", {})
-    stage = zero.get("stage", 0) if isinstance(zero, dict) else None
+    stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
         raise ConfigError(f"config key 'deepspeed.zero_optimization.stage' must be 0, 1, 2 or 3, got {stage!r}")
 
