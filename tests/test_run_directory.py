@@ -96,6 +96,15 @@ def test_a_resumed_run_follows_its_config(tmp_path):
     (run / "final_metrics.json").write_text(json.dumps({**final, "step": 10}))
     proc = train(run, *longer, "--train.resume", "true")
     assert "nothing to do" not in proc.stdout and json.loads((run / "final_metrics.json").read_text())["step"] == 20
+    # Resumed with another model shape: one sentence naming the setting, and the directory as it was.
+    config = (run / "config.json").read_bytes()
+    proc = train(run, *longer, "--train.resume", "true", "--model.embed_dim", "48", check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and errors == [
+        f"error: config key 'train.resume' is true but the checkpoint in {run / 'checkpoints'} does not fit the model this "
+        "config builds; the run trained with model.embed_dim = 32 (now 48): resume with the settings it trained with"
+    ], proc.stderr[-2000:]
+    assert (run / "config.json").read_bytes() == config
     # A `latest` that names no checkpoint (DeepSpeed writes it in place) is one sentence, before anything is read.
     for content, what in (("", "is empty (a save was stopped while DeepSpeed wrote it)"), ("step99\n", "names 'step99', which is not a checkpoint there")):
         (run / "checkpoints" / "latest").write_text(content)

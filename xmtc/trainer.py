@@ -106,6 +106,27 @@ def resolve_deepspeed_config(cfg: Config, data_world_size: int, device_type: str
     return ds
 
 
+def model_mismatch(saved_config: Path, cfg: Config, ckpt_dir: Path, error: str) -> str:
+    """One sentence for a resume whose checkpoint does not fit the model this config builds: the model
+    settings that differ from the run's config.json, else the first line of the loader's complaint."""
+    try:
+        before = json.loads(saved_config.read_text())
+    except (OSError, ValueError):
+        before = {}
+    now = cfg.to_dict()
+    changed = [
+        f"{section}.{key} = {before[section][key]!r} (now {value!r})"
+        for section in ("model", "xml_cnn", "sgm", "data", "parallel")
+        for key, value in now.get(section, {}).items()
+        if isinstance(before.get(section), dict) and key in before[section] and before[section][key] != value
+    ]
+    detail = (", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "")) if changed else error.strip().splitlines()[-1][:200]
+    return (f"config key 'train.resume' is true but the checkpoint in {ckpt_dir} does not fit the model this config "
+            f"builds; the run trained with {detail}: resume with the settings it trained with" if changed else
+            f"config key 'train.resume' is true but the checkpoint in {ckpt_dir} does not fit the model this config "
+            f"builds ({detail}); resume with the settings it trained with ({saved_config})")
+
+
 class _KeysRead(dict):
     """A dict that remembers which of its keys were looked up."""
 
@@ -265,7 +286,12 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     resumed = cfg.train.resume and (ckpt_dir / "latest").is_file()
     if resumed:
         restore_settings = configured_settings(optimizer, scheduler) if scheduler is not None else None
-        loaded_tag, client = load_checkpoint(engine, plan, ckpt_dir)
+        try:
+            loaded_tag, client = load_checkpoint(engine, plan, ckpt_dir)
+        except RuntimeError as e:
+            if not any(x in str(e) for x in ("size mismatch", "Missing key(s)", "Unexpected key(s)")):
+                raise
+            raise ConfigError(model_mismatch(out / "config.json", cfg, ckpt_dir, str(e))) from None
         if restore_settings is not None and (changed := restore_settings()):
             print0(f"resumed with {', '.join(changed)} from the config, not the checkpoint's")
         step = int(client["step"])
