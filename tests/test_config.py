@@ -62,6 +62,7 @@ def test_overrides_are_typed_and_nested():
         ({"train": {"max_steps": -2}}, "config key 'train.max_steps' must be at least 0 (0 = train.epochs decides), got -2"),
         ({"deepspeed": {"bf16": True}}, "config key 'deepspeed.bf16' is True; it must be an object, e.g. {\"enabled\": true}"),
         ({"deepspeed": {"zero_optimization": 2}}, "config key 'deepspeed.zero_optimization' is 2; it must be an object, e.g. {\"stage\": 2}"),
+        ({"data": {"vocab_size": 2}}, "config key 'data.vocab_size' must be at least 3, got 2"),
         ({"eval": {"ks": [1, 3, 1]}}, "config key 'eval.ks' is [1, 3, 1], which repeats a k; list each k once"),
         ({"train": {"warmup_steps": -1}}, "config key 'train.warmup_steps' must be at least 0, got -1"),
         ({"train": {"eval_every": -5}}, "config key 'train.eval_every' must be at least 0, got -5"),

@@ -529,7 +529,7 @@ def _check_values(cfg: Config) -> None:
         "xml_cnn.pooling_chunks": (cfg.xml_cnn.pooling_chunks, 1),
         "xml_cnn.loss_chunk_size": (cfg.xml_cnn.loss_chunk_size, 1),
         "data.max_len": (cfg.data.max_len, 1),
-        "data.vocab_size": (cfg.data.vocab_size, 1),
+        "data.vocab_size": (cfg.data.vocab_size, 3),  # padding, unknown and one token
         "parallel.label_shards": (cfg.parallel.label_shards, 1),
         "eval.batch_size": (cfg.eval.batch_size, 1),
         "eval.max_predictions": (cfg.eval.max_predictions, 1),

@@ -225,3 +225,7 @@ def test_read_texts(tmp_path):
     assert read_texts(path, "skip") == (["first doc", "fourth"], [1, 4])
     with raises(f"{tmp_path / 'none.txt'} does not exist"):
         read_texts(tmp_path / "none.txt")
+    mac = write_lines(tmp_path / "mac.txt", b"first doc\rsecond doc\r")  # would pair with labels "x\ry\r" as one document
+    with raises(f"{mac} ends its lines with carriage returns only (classic Mac OS), so it reads as one line"):
+        read_texts(mac)
+    assert read_texts(write_lines(tmp_path / "one.txt", b"one doc\r"))[0] == ["one doc"]

@@ -110,6 +110,9 @@ def read_lines(path: str | os.PathLike) -> list[str | None]:
         return []
     if data.startswith(codecs.BOM_UTF8):  # editors on Windows write one; it is not part of the first line
         data = data[len(codecs.BOM_UTF8) :]
+    if b"\r" in data and b"\n" not in data and data.rstrip(b"\r").count(b"\r"):
+        raise DataError(f"{path} ends its lines with carriage returns only (classic Mac OS), so it reads as one line; "
+                        "convert them to newlines, e.g. tr '\\r' '\\n'")
     if data.endswith(b"\n"):  # the last line's terminator, not an empty line after it
         data = data[:-1]
     try:
