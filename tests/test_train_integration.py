@@ -248,10 +248,16 @@ def test_user_errors_exit_2_with_one_sentence(tmp_path):
         # A removed feature: DeepSpeed's own error class, not a ValueError.
         (["--config", "debug_xml_cnn", "--deepspeed.nebula", '{"enabled": true}'],
          "DeepSpeed refused the config's deepspeed section: Nebula checkpointing has been removed"),
+        # datasets' failure is said once: its own "Failed to read schema ..." log line is not printed before it.
+        (["--config", "debug_xml_cnn", "--data.format", "table", "--data.train_file", str(tmp_path / "x.parquet"),
+          "--data.test_file", str(tmp_path / "x.parquet"), "--data.cache_dir", str(tmp_path / "c")],
+         f"{tmp_path / 'x.parquet'} could not be read as parquet: ArrowInvalid: Parquet magic bytes not found"),
     ]
+    (tmp_path / "x.parquet").write_text("not parquet\n")
     for args, message in cases:
         proc = subprocess.run([sys.executable, "launch/train.py", *args, "--train.output_dir", str(tmp_path / "o")],
                               cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2, proc.stderr[-2000:]
         error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
         assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]
+        assert "Failed to" not in proc.stderr, proc.stderr[-2000:]

@@ -106,8 +106,34 @@ def test_test_document_left_without_labels_is_kept(tmp_path, make_cfg):
 
 def test_every_document_skipped(tmp_path, make_cfg):
     root = write_xmtc(tmp_path / "d", train_texts=["", " ", ""])
-    with raises("the train split has no documents left after reading"):
+    with raises(f"the train split ({root / 'train_texts.txt'} and {root / 'train_labels.txt'}) has no documents left "
+                "after reading (skipped: empty 3)"):
         load(make_cfg, root, bad_lines="skip")
+
+
+def test_empty_inputs_name_the_file(tmp_path, make_cfg):
+    root = write_xmtc(tmp_path / "d", train_texts=[], train_labels=[])
+    with raises(f"the train split is empty: no documents in {root / 'train_texts.txt'} and {root / 'train_labels.txt'}"):
+        load(make_cfg, root)
+    test = write_lines(tmp_path / "test.jsonl", [json.dumps({"text": "apple", "labels": ["a"]})])
+    for name, content, message in (
+        ("train.jsonl", b"", "holds no records"),
+        ("train.jsonl", b"\n  \n", "holds no records"),
+        ("train.csv", b"", "is empty"),
+        ("train.csv", b"text,labels\n", "has no rows below its header"),
+    ):
+        train = write_lines(tmp_path / name, content)
+        with raises(f"{train} {message}"):
+            load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test)), SyntheticConfig())
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": pa.array([], pa.string()), "labels": pa.array([], pa.list_(pa.string()))}), tmp_path / "train.parquet")
+    with raises(f"{tmp_path / 'train.parquet'} has no rows"):
+        load_corpus(make_cfg(format="table", train_file=str(tmp_path / "train.parquet"), test_file=str(test)), SyntheticConfig())
+    train = write_lines(tmp_path / "train.jsonl", ["{", "[1]"])  # every line skipped
+    with raises(f"the train split ({train}) has no documents left after reading (skipped: malformed 2)"):
+        load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test), bad_lines="skip"), SyntheticConfig())
 
 
 def test_table_missing_column_and_bad_rows(tmp_path, make_cfg):

@@ -287,8 +287,11 @@ def build_corpus(directory: Path, raw: RawCorpus, data: DataConfig) -> None:
     stats = {}
     for split in raw.splits.values():
         if not split.texts:
-            skipped = ", ".join(f"{reason} {n}" for reason, n in split.skipped.items())
-            raise DataError(f"the {split.name} split has no documents left after reading (skipped: {skipped})")
+            where = f" ({split.source})" if split.source else ""
+            if not any(split.skipped.values()):
+                raise DataError(f"the {split.name} split is empty: no documents in {split.source or 'its source'}")
+            skipped = ", ".join(f"{reason} {n}" for reason, n in split.skipped.items() if n)
+            raise DataError(f"the {split.name} split{where} has no documents left after reading (skipped: {skipped})")
         stats.update(split_stats(split))
     names, counts = label_vocabulary(raw.splits["train"], raw.label_universe)
     index = {n: i for i, n in enumerate(names)}
@@ -310,14 +313,18 @@ def build_corpus(directory: Path, raw: RawCorpus, data: DataConfig) -> None:
 
 @contextlib.contextmanager
 def quiet_datasets() -> Iterator[None]:
-    """No `datasets` progress bars while reading and caching: the summary log line says what happened."""
+    """No `datasets` progress bars or log lines while reading and caching: the summary log line says what
+    happened, and a failure is re-raised as one sentence (datasets would log it once more before)."""
     import datasets  # imported where used: it takes seconds, and batching or synthetic data need none of it
 
     were_off = datasets.are_progress_bars_disabled()
+    verbosity = datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         yield
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if not were_off:
             datasets.enable_progress_bars()
 

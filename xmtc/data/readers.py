@@ -39,15 +39,17 @@ class RawSplit:
     """Per kept document, its 0-based row in the source (skipped rows leave gaps)."""
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
     duplicate_labels: int = 0
+    source: str = ""
+    """Where the split was read from (a file, a Hub split), for messages about the split as a whole."""
 
 
 class SplitBuilder:
     """Accumulates documents of one split, applying the bad-lines policy to each."""
 
-    def __init__(self, name: str, bad_lines: str, locate_labels: Callable[[int], str]):
+    def __init__(self, name: str, bad_lines: str, locate_labels: Callable[[int], str], source: str = ""):
         if bad_lines not in ("error", "skip"):
             raise ConfigError(f'config key \'data.bad_lines\' is "{bad_lines}"; allowed: "error", "skip"')
-        self.split = RawSplit(name, locate_labels)
+        self.split = RawSplit(name, locate_labels, source=source)
         self.bad_lines = bad_lines
 
     def bad(self, reason: str, message: str) -> bool:
@@ -152,7 +154,7 @@ def read_paired_files(name: str, texts_path: Path, labels_path: Path, bad_lines:
             f"{texts_path} has {len(texts)} lines but {labels_path} has {len(labels)}; "
             "each document needs exactly one labels line"
         )
-    builder = SplitBuilder(name, bad_lines, lambda i: f"{labels_path} line {i + 1}")
+    builder = SplitBuilder(name, bad_lines, lambda i: f"{labels_path} line {i + 1}", f"{texts_path} and {labels_path}")
     for i, (text, label_line) in enumerate(zip(texts, labels)):
         builder.add(i, text, label_line, f"{texts_path} line {i + 1}")
     return builder.split
@@ -323,7 +325,7 @@ def split_from_columns(
             raise DataError(
                 f"{source} has no column '{column}' (config key '{key}'); its columns are: {', '.join(table.column_names)}"
             )
-    builder = SplitBuilder(name, bad_lines, locate)
+    builder = SplitBuilder(name, bad_lines, locate, source)
     for i, (text, labs) in enumerate(zip(table[text_column], table[labels_column])):
         builder.add(i, "" if text is None else text, [] if labs is None else labs, locate(i))
     return builder.split
@@ -337,18 +339,28 @@ def _csv_as_written(*columns: str) -> dict[str, Any]:
     return {"converters": dict.fromkeys(columns, str), "keep_default_na": False, "na_filter": False, "index_col": False}
 
 
-def _check_csv_fields(path: Path) -> None:
+def _parquet_rows(path: Path) -> int | None:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path).num_rows
+    except Exception:  # not Parquet at all: load_dataset's error says so
+        return None
+
+
+def _check_csv_fields(path: Path) -> int:
     """A CSV row with more fields than the header stops the run, naming its line: pandas would shift every
     column of the file by one (an unquoted comma in a text) or drop the extra cells. Fewer fields are missing
-    cells, which the bad-lines policy handles (a document without labels)."""
+    cells, which the bad-lines policy handles (a document without labels). Returns the number of rows."""
     import csv
 
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header: list[str] | None = None
-        start = 1
+        start, rows = 1, 0
         for row in reader:
             if row:
+                rows += header is not None
                 if header is None:
                     header = row
                 elif len(row) > len(header):
@@ -357,6 +369,7 @@ def _check_csv_fields(path: Path) -> None:
                         f"({', '.join(header)}); quote a cell that holds a comma"
                     )
             start = reader.line_num + 1
+    return rows
 
 
 def read_table(
@@ -383,8 +396,17 @@ def read_table(
                     skipped = {reason: len(numbers) for reason, numbers in bad.items()}
             else:
                 lines = None if loader == "parquet" else _scan_text_table(path)
-                if loader == "csv":
-                    _check_csv_fields(path)
+            if loader == "csv" and not _check_csv_fields(path):
+                raise DataError(f"{path} has no rows below its header" if lines else f"{path} is empty")
+            if loader == "parquet" and _parquet_rows(path) == 0:
+                raise DataError(f"{path} has no rows")
+            if jsonl and not lines:
+                if not skipped:
+                    raise DataError(f"{path} holds no records")
+                split = SplitBuilder(name, bad_lines, str, str(path)).split  # nothing left: said with the counts
+                split.skipped.update(skipped)
+                out[name] = split
+                continue
             options = _csv_as_written(text_column, labels_column) if loader == "csv" else {}
             try:
                 table = load_dataset(loader, data_files={name: str(source)}, split=name, cache_dir=scratch, **options)
