@@ -119,6 +119,17 @@ def test_an_unwritable_cache_serves_what_it_holds_and_refuses_to_build(tmp_path)
     (tmp_path / "cache" / "hf").write_text("")
     assert list(loader.whole_train_token_ids(load_corpus(cfg, SyntheticConfig()), cfg, SyntheticConfig())) == [[2, 3], [4]]
     assert Path(scratch_dir(str(tmp_path / "cache" / "hf"))).parent != tmp_path / "cache"
+    # What a killed read left a day ago is removed by the next read; a recent one (another process's) is not.
+    import os
+    import time
+
+    hf = tmp_path / "hf2"
+    old, recent = hf / "read-killed", hf / "read-running"
+    (old / "x").mkdir(parents=True)
+    (recent / "x").mkdir(parents=True)
+    os.utime(old, (time.time() - 2 * 24 * 3600,) * 2)
+    fresh = Path(scratch_dir(str(hf)))
+    assert not old.exists() and recent.is_dir() and fresh.parent == hf
     # A cache that cannot be written and lacks the corpus: one sentence, not a traceback.
     (tmp_path / "file").write_text("")
     with pytest.raises(DataError, match=f"^the cache directory {tmp_path / 'file' / 'c'} \\(config key 'data.cache_dir'\\) cannot be "

@@ -9,10 +9,12 @@ stops: the pairing of every later line would be wrong.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,11 +244,20 @@ def _scan_text_table(path: Path) -> list[int]:
     return records
 
 
+SCRATCH_STALE_S = 24 * 3600
+"""A scratch conversion this old was left by a killed process (a read takes minutes, not a day): removed."""
+
+
 def scratch_dir(hf_cache_dir: str) -> str:
     """A fresh directory for `datasets`' conversion of a file, beside our cache; in the system's temporary
     directory when the cache cannot be written (a read-only cache still serves what it holds)."""
     try:
         Path(hf_cache_dir).mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        for stale in Path(hf_cache_dir).glob("read-*"):
+            with contextlib.suppress(OSError):
+                if now - stale.stat().st_mtime > SCRATCH_STALE_S:
+                    shutil.rmtree(stale, ignore_errors=True)
         return tempfile.mkdtemp(dir=hf_cache_dir, prefix="read-")
     except OSError:
         return tempfile.mkdtemp(prefix="xmtc-read-")
