@@ -66,7 +66,7 @@ def set_aside_tag(ckpt_dir: Path, tag: str) -> Path:
     return aside
 
 
-RUN_FILES = ("config.json", "labels.txt", "tokenizer", "metrics.jsonl", "final_metrics.json", "checkpoints")
+RUN_FILES = ("config.json", "labels.txt", "tokenizer", "metrics.jsonl", "final_metrics.json", "curves.png", "checkpoints")
 """What a run writes into its output_dir (besides what a config points there, such as a cache)."""
 
 

@@ -228,6 +228,8 @@ class TrainConfig:
     """"auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16"; written into the deepspeed section."""
     progress: bool = True
     """tqdm progress bar on rank 0."""
+    plot: bool = True
+    """Redraw `curves.png` in the output directory (training loss and metrics by step) after each evaluation."""
     device: str = "auto"
     """"auto", "cpu" or "cuda"."""
 

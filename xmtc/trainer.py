@@ -9,6 +9,7 @@ Everything a run writes goes to `train.output_dir`:
                         evaluations then use it), else "test"
   final_metrics.json    the test evaluation at the end (of the selected step's weights when
                         `train.select_metric` is set) plus train_loss, step, timings and the selection
+  curves.png            training loss and metrics by step, redrawn after each evaluation (`train.plot`)
   labels.txt            label names in id order (most frequent first)
   tokenizer/            the tokenizer (xmtc.evaluate/predict check that the corpus they rebuild has the same)
 
@@ -43,6 +44,7 @@ from xmtc.models.common import load_word_vectors
 from xmtc.models.tfidf import document_frequencies
 from xmtc.models.word_vectors import cached_ppmi_svd_vectors, scaled
 from xmtc.optim import build_optimizer, configured_settings, lr_lambda
+from xmtc.plots import CURVES_FILE, read_records, write_curves
 from xmtc.parallel import load_checkpoint, parallelize
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed on a signal, run again with train.resume
@@ -392,6 +394,8 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
                   "train_loss": last_loss, "lr": float(engine.get_lr()[0]), **metrics, **extra}
         if dist_info.is_main:
             append_jsonl(out / "metrics.jsonl", record)
+            if cfg.train.plot:
+                write_curves(read_records(out / "metrics.jsonl"), out / CURVES_FILE, title=f"{cfg.model.name} - {out}")
             if engine.monitor is not None and engine.monitor.enabled:
                 engine.monitor.write_events([(f"Eval/{split}/{k}", v, step) for k, v in metrics.items()])
         return record
