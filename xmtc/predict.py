@@ -2,8 +2,8 @@
 
     python -m xmtc.predict --run runs/xml_cnn_reuters --texts test_texts.txt --k 5 --out predictions.txt
 
-Writes one line per line of the texts file: `label:score label:score ...`, best first (for SGM: the
-emitted labels in order); an empty or undecodable line gets an empty output line, so the lines stay
+Writes one line per line of the texts file: `label:score label:score ...`, the k best first (for SGM:
+the whole emitted set, in order, up to sgm.max_decode_len labels, whatever --k); an empty or undecodable line gets an empty output line, so the lines stay
 aligned (counted on stderr). Bad input prints one sentence and exits with 2.
 """
 
@@ -22,12 +22,13 @@ def predict_lines(model, corpus, texts: list[str], k: int, max_len: int, batch_s
 
     lines = []
     sets = getattr(model, "predicts_sets", False)
+    depth = max(k, model.max_set_size) if sets else k  # a set is printed whole, never cut to k
     for start in range(0, len(texts), batch_size):
         ids = encode_texts(corpus.tokenizer, texts[start : start + batch_size], max_len)
         rows = [{"input_ids": row, "labels": []} for row in ids]
         batch = collate(rows, max_len)
         with torch.no_grad():
-            scores, idx = model(batch["input_ids"], lengths=batch["lengths"], topk=k)
+            scores, idx = model(batch["input_ids"], lengths=batch["lengths"], topk=depth)
         for s_row, i_row in zip(scores.float().tolist(), idx.tolist()):
             pairs = [(corpus.label_names[i], s) for i, s in zip(i_row, s_row) if i >= 0]
             lines.append(" ".join(f"{name}:{score:.4f}" for name, score in pairs[: k if not sets else None]))

@@ -262,3 +262,24 @@ def test_paper_configs_build_the_papers_sizes(name, labels, vocab, embed, label_
     assert dec.label_head.weight.shape == (labels + 1, 512) and dec.label_head.embedding.shape == (labels + 1, label_embed)
     assert dec.beam_size == beam and cfg.model.dropout == 0.5 and cfg.deepspeed["gradient_clipping"] == 10.0
     assert (cfg.train.lr, cfg.train.betas, cfg.data.max_len) == (0.001, [0.9, 0.999], 500)
+
+
+def test_predict_prints_the_whole_emitted_set_whatever_k():
+    import types
+
+    from xmtc.predict import predict_lines
+
+    _, model = tiny_model(12, 40, "--sgm.max_decode_len", "10", "--sgm.beam_size", "1", seed=4)
+    model.eval()
+    with torch.no_grad():
+        model.decoder.label_head.bias[12] -= 3.0  # EOS late: sets longer than k
+        ids, lengths = token_batch(3, 10, 40, seed=2)
+        _, emitted = model(ids, lengths=lengths, topk=10)
+    sizes = (emitted >= 0).sum(dim=1).tolist()
+    assert max(sizes) > 3
+    tokenizer = types.SimpleNamespace(encode_batch=lambda texts: [[int(w) for w in t.split()] for t in texts], vocab_size=40)
+    corpus = types.SimpleNamespace(tokenizer=tokenizer, label_names=[f"L{i}" for i in range(12)])
+    texts = [" ".join(str(x) for x in row[:n].tolist()) for row, n in zip(ids, lengths.tolist())]
+    lines = predict_lines(model, corpus, texts, k=3, max_len=10)
+    assert [[pair.split(":")[0] for pair in line.split()] for line in lines] == [
+        [f"L{i}" for i in row if i >= 0] for row in emitted.tolist()]

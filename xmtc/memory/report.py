@@ -163,5 +163,7 @@ def write_plot(path: str | os.PathLike, predictions: list[Prediction], title: st
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()  # written whole or not at all: an earlier plot at `path` is never left half-overwritten
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

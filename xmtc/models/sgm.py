@@ -428,6 +428,11 @@ class SGM(nn.Module):
         self.decoder = Decoder(cfg, num_labels, 2 * s.hidden_size)
 
     @property
+    def max_set_size(self) -> int:
+        """The most labels one decoding emits (sgm.max_decode_len)."""
+        return self.decoder.max_decode_len
+
+    @property
     def zero3_leaf_modules(self) -> list[type[nn.Module]]:
         """Modules ZeRO-3 must gather whole: the decoder runs a data-dependent number of steps
         (deepspeed.utils.set_z3_leaf_modules), which per-submodule gathers would desynchronise."""
