@@ -31,6 +31,25 @@ def test_only_locks_older_than_the_threshold_are_removed(tmp_path, monkeypatch, 
     assert "removed" in capsys.readouterr().err
 
 
+def test_a_long_build_keeps_its_lock(tmp_path):
+    """A build running for longer than the threshold (ninja and the compilers work in the op's directory)
+    keeps its lock; once it is over, the lock goes after the threshold, counted from the build's end."""
+    import subprocess
+
+    lock = _lock(tmp_path, "deepspeed_shm_comm", age_s=400)
+    compiler = subprocess.Popen(["sleep", "30"], cwd=lock.parent / ".")  # what torch's ninja run looks like
+    last_busy: dict = {}
+    try:
+        assert remove_stale_extension_locks(300, tmp_path, last_busy) == [] and lock.exists()
+        assert remove_stale_extension_locks(0.5, tmp_path, last_busy) == [] and lock.exists()
+    finally:
+        compiler.kill()
+        compiler.wait()
+    assert remove_stale_extension_locks(0.5, tmp_path, last_busy) == [] and lock.exists()  # just seen building
+    time.sleep(0.7)
+    assert remove_stale_extension_locks(0.5, tmp_path, last_busy) == [lock] and not lock.exists()
+
+
 def test_a_process_waiting_on_a_dead_holders_lock_goes_on(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     lock = _lock(tmp_path, "deepspeed_shm_comm", age_s=2)

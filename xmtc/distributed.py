@@ -1,7 +1,7 @@
 """Process-group set-up for every way the trainer is started, and rank-0 printing.
 
 Launchers covered: `deepspeed` (passes --local_rank and sets RANK/WORLD_SIZE), `torchrun` (env),
-`srun` with one process per rank (SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS mapped here), and plain
+`srun` with one process per rank (SLURM_PROCID/SLURM_LOCALID/SLURM_STEP_NUM_TASKS mapped here), and plain
 `python` (a one-process group on a free local port).
 """
 
@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import datetime
 import os
+import re
 import shutil
 import socket
 import sys
@@ -49,10 +50,12 @@ def free_port() -> int:
 def map_launcher_env(local_rank_arg: int | None = None) -> bool:
     """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from whatever launched us; True for a lone process."""
     env = os.environ
-    if "RANK" not in env and "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+    # Only inside an srun step: sbatch gives the batch script SLURM_PROCID=0 and the allocation's SLURM_NTASKS
+    # too, where a plain `python launch/train.py` is one process, not rank 0 of many.
+    if "RANK" not in env and "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
         env["RANK"] = env["SLURM_PROCID"]
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-        env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+        env["WORLD_SIZE"] = env["SLURM_STEP_NUM_TASKS"]
         if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
             raise ConfigError("srun launch: export MASTER_ADDR and MASTER_PORT in the batch script (see launch/slurm/)")
     if local_rank_arg is not None and "LOCAL_RANK" not in env:
@@ -82,9 +85,12 @@ def limit_cpu_threads() -> None:
     if "OMP_NUM_THREADS" in os.environ:
         return
     env = os.environ
-    local = env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or env.get("SLURM_NTASKS_PER_NODE") or "1"
+    # SLURM_STEP_TASKS_PER_NODE: this srun step's tasks per node, e.g. "4", "4(x2)" or "4,3" (this node's
+    # count is not named; the first is the most any node runs).
+    local = env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or env.get("SLURM_STEP_TASKS_PER_NODE") or "1"
+    first = re.match(r"\d+", local)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, cores // max(1, int(local.split("(")[0]))))
+    torch.set_num_threads(max(1, cores // max(1, int(first.group()) if first else 1)))
 
 
 def setup(parallel: ParallelConfig, device: str = "auto", local_rank_arg: int | None = None) -> DistInfo:
@@ -144,17 +150,47 @@ def _extension_root() -> Path:
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
 
 
-def remove_stale_extension_locks(stale_after_s: float = EXTENSION_LOCK_STALE_S, root: Path | None = None) -> list[Path]:
-    """Remove torch-extension build locks older than `stale_after_s` under `root` (default: torch's
-    extensions dir); returns the ones removed."""
+def _working_dirs() -> set[str]:
+    """The current directories of this machine's processes we may look at (Linux /proc; empty elsewhere).
+    torch runs the build (ninja, the compilers) in the op's build directory, so one of them there is a
+    build in progress."""
+    dirs = set()
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return dirs
+    for pid in pids:
+        try:
+            dirs.add(os.readlink(f"/proc/{pid}/cwd"))
+        except OSError:  # gone, or another user's
+            continue
+    return dirs
+
+
+def remove_stale_extension_locks(stale_after_s: float = EXTENSION_LOCK_STALE_S, root: Path | None = None,
+                                 last_busy: dict[Path, float] | None = None) -> list[Path]:
+    """Remove torch-extension build locks under `root` (default: torch's extensions dir) that are older than
+    `stale_after_s` and whose op no process of this machine has been building for as long (a long build keeps
+    its lock: `last_busy` remembers, across calls, when each lock's build was last seen running); returns the
+    ones removed."""
     root = _extension_root() if root is None else root
+    last_busy = {} if last_busy is None else last_busy
     removed = []
     now = time.time()
+    working: set[str] | None = None
     for lock in [*root.glob("*/lock"), *root.glob("*/*/lock")]:
         try:
-            if now - lock.stat().st_mtime > stale_after_s:
-                lock.unlink()
-                removed.append(lock)
+            if now - max(lock.stat().st_mtime, last_busy.get(lock, 0.0)) <= stale_after_s:
+                continue
+            if working is None:
+                working = _working_dirs()
+            build_dir = os.path.realpath(lock.parent)
+            if any(d == build_dir or d.startswith(build_dir + os.sep) for d in working):
+                last_busy[lock] = now
+                continue
+            lock.unlink()
+            removed.append(lock)
+            last_busy.pop(lock, None)
         except FileNotFoundError:  # released meanwhile
             continue
     for lock in removed:
@@ -171,7 +207,8 @@ def stale_extension_locks_cleared(stale_after_s: float = EXTENSION_LOCK_STALE_S,
     to build, and waits as long as the file exists. DeepSpeed loads its CPU shared-memory op inside
     `init_distributed`, so a rank killed at that moment (a preemption, an OOM kill, a test killing a
     rank) left every later run on the machine waiting forever. Torch polls for the file, so a
-    process already waiting goes on once the thread removes it.
+    process already waiting goes on once the thread removes it. A build that is still running (a process
+    of this machine works in the op's build directory) keeps its lock however long it takes.
     """
     stop = threading.Event()
     # Resolved here, not in the thread: the first import of torch.utils.cpp_extension pulls in
@@ -181,8 +218,9 @@ def stale_extension_locks_cleared(stale_after_s: float = EXTENSION_LOCK_STALE_S,
     root = _extension_root()
 
     def watch() -> None:  # filesystem calls only: no imports in this thread
+        last_busy: dict[Path, float] = {}
         while True:
-            remove_stale_extension_locks(stale_after_s, root)
+            remove_stale_extension_locks(stale_after_s, root, last_busy)
             if stop.wait(poll_s):
                 return
 

@@ -57,10 +57,9 @@ if [ -n "${XMTC_CPUS_PER_RANK:-}" ]; then
 fi
 
 # A bad config or override fails here, in a second, rather than after the job has waited for nodes.
-if [ -n "${XMTC_CONFIG:-}" ]; then
-    read -r -a env_args <<<"${XMTC_TRAIN_ARGS:-}"
-    (cd "$root" && "${XMTC_PYTHON:-python3}" launch/slurm/check_config.py "$XMTC_CONFIG" "${env_args[@]}" "${train_args[@]}" >/dev/null) || exit 2
-fi
+# Without XMTC_CONFIG the batch scripts train xml_cnn_670k: the overrides are checked against it.
+read -r -a env_args <<<"${XMTC_TRAIN_ARGS:-}"
+(cd "$root" && "${XMTC_PYTHON:-python3}" launch/slurm/check_config.py "${XMTC_CONFIG:-xml_cnn_670k}" "${env_args[@]}" "${train_args[@]}" >/dev/null) || exit 2
 
 export XMTC_ROOT=$root
 exec sbatch "${flags[@]}" "${sbatch_opts[@]}" "$script" "${train_args[@]}"

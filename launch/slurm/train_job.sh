@@ -120,9 +120,12 @@ srun_pid=$!
 # A trapped signal interrupts wait; keep waiting until srun itself has exited.
 while true; do
     wait "$srun_pid"
-    rc=$?
     kill -0 "$srun_pid" 2>/dev/null || break
 done
+# srun's own status: a wait that a trap interrupted returned 128+signal, even when srun exited meanwhile
+# (bash keeps the status of a reaped child, so this wait returns it).
+wait "$srun_pid"
+rc=$?
 
 # A rank that has checkpointed and is already exiting has no handler left, so a late USR1 kills it:
 # srun reports that as 128+10, DeepSpeed's launcher as 256-10. With a checkpoint from this start, requeue.

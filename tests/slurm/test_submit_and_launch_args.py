@@ -59,6 +59,7 @@ def test_unset_variables_keep_the_script_defaults(submit):
 @pytest.mark.parametrize("env, message", [
     ({"XMTC_CONFIG": "no_such_config"}, "error: config 'no_such_config' is neither a file nor a config in"),
     ({"XMTC_CONFIG": "debug_xml_cnn", "XMTC_TRAIN_ARGS": "--train.no_such_key 1"}, "train.no_such_key"),
+    ({"XMTC_TRAIN_ARGS": "--train.no_such_key 1"}, "train.no_such_key"),  # against the scripts' default config
     ({"XMTC_GPUS_PER_NODE": "0"}, "error: XMTC_GPUS_PER_NODE=0 needs XMTC_RANKS_PER_NODE"),
     ({"XMTC_NODES": "two"}, "error: XMTC_NODES is 'two'; it must be an integer >= 1"),
 ])
@@ -102,3 +103,47 @@ def test_deepspeed_node_refuses_fewer_gpus_than_ranks(deepspeed_node, monkeypatc
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     with pytest.raises(SystemExit, match="2 ranks per node but this node sees only GPUs 3"):
         deepspeed_node.local_device_ids(2)
+
+
+def test_srun_variables_map_to_ranks_inside_a_step_only(monkeypatch):
+    from xmtc.config import ConfigError
+    from xmtc.distributed import map_launcher_env
+
+    for key in [k for k in os.environ if k.startswith("SLURM_") or k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")]:
+        monkeypatch.delenv(key)
+    # The batch script of an 8-task allocation (sbatch sets these there too): a plain python run is one process.
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    assert map_launcher_env() is True and (os.environ["RANK"], os.environ["WORLD_SIZE"]) == ("0", "1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key)
+    # Task 5 of a 6-task srun step in that allocation: the step's count is the world size.
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "6")
+    with pytest.raises(ConfigError, match="srun launch: export MASTER_ADDR and MASTER_PORT"):
+        map_launcher_env()
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    assert map_launcher_env() is False
+    assert (os.environ["RANK"], os.environ["LOCAL_RANK"], os.environ["WORLD_SIZE"]) == ("5", "1", "6")
+
+
+@pytest.mark.parametrize("per_node, threads", [("4", 2), ("2(x3)", 4), ("4,3", 2), (None, 8)])
+def test_threads_split_between_a_steps_tasks_on_a_node(monkeypatch, per_node, threads):
+    import torch
+
+    from xmtc import distributed
+
+    for key in ("OMP_NUM_THREADS", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "8")  # the allocation's: not what this step runs
+    if per_node is not None:
+        monkeypatch.setenv("SLURM_STEP_TASKS_PER_NODE", per_node)
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    before = torch.get_num_threads()
+    try:
+        distributed.limit_cpu_threads()
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
