@@ -153,6 +153,33 @@ def test_cli_reports_what_does_not_fit(capsys):
     assert "smallest layout that fits: 2 ranks, ZeRO-0, 2 label shards, bf16, batch 128" in out
 
 
+def test_cli_fit_search_starts_at_one_rank(tmp_path, capsys):
+    # Asked about 8 ranks at ZeRO-1 (2.94 GiB): the answer to "what fits 2.5 GiB" is 4 ranks with 4 label
+    # shards, not the 8-rank layouts the search used to start from; the JSON says so whether or not all fit.
+    status = main(["--config", "xml_cnn_670k", "--world-size", "8", "--zero-stage", "1", "--dtype", "bf16", "--batch", "128",
+                   "--max-memory-gb", "2.5", "--json", str(tmp_path / "a.json")])
+    assert status == 1 and "smallest layout that fits: 4 ranks, ZeRO-0, 4 label shards, bf16, batch 128" in capsys.readouterr().out
+    fit = json.loads((tmp_path / "a.json").read_text())["fit"]
+    assert fit["fits"] == [False] and fit["smallest_fit"]["layout"]["world_size"] == 4
+    assert main(["--config", "xml_cnn_670k", "--world-size", "1,2", "--dtype", "bf16", "--max-memory-gb", "100",
+                 "--json", str(tmp_path / "b.json")]) == 0
+    fit = json.loads((tmp_path / "b.json").read_text())["fit"]
+    assert fit["fits"] == [True, True] and fit["smallest_fit"]["layout"] == {
+        "world_size": 1, "zero_stage": 0, "label_shards": 1, "dtype": "bf16", "micro_batch": 128, "device": "cuda"}
+
+
+@pytest.mark.parametrize("overrides, dtype", [([], "bf16"), (["--train.precision", "fp32"], "fp32"),
+                                              (["--deepspeed.bf16", '{"enabled": false}'], "fp32"),
+                                              (["--deepspeed.bf16", '{"enabled": true}', "--train.precision", "auto"], "bf16")])
+def test_cli_plans_the_dtype_the_trainer_runs(tmp_path, overrides, dtype):
+    from xmtc.trainer import resolve_deepspeed_config
+
+    assert main(["--config", "debug_xml_cnn", "--json", str(tmp_path / "m.json"), *overrides]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["layouts"][0]["layout"]["dtype"] == dtype
+    ds = resolve_deepspeed_config(load_config("debug_xml_cnn", overrides), 1, "cuda")
+    assert ("bf16" if ds.get("bf16", {}).get("enabled") else "fp32") == dtype  # what the run on a GPU would use
+
+
 @pytest.mark.parametrize("dtype, advice", [("bf16", "; lower the batch, or set"), ("fp32", "; lower the batch, use bf16, or set")])
 def test_cli_says_when_nothing_fits_with_levers_left(capsys, dtype, advice):
     # 0.001 GiB: not even the embedding table fits, on any number of ranks; bf16 is no advice for a bf16 plan.
@@ -164,7 +191,12 @@ def test_cli_says_when_nothing_fits_with_levers_left(capsys, dtype, advice):
 @pytest.mark.parametrize("argv", [["--config", "xml_cnn_670k", "--zero-stage", "4"],
                                   ["--config", "no_such_config"],
                                   ["--config", "xml_cnn_670k", "--world-size", "two"],
-                                  ["--config", "xml_cnn_670k", "--batch", "0"]])
+                                  ["--config", "xml_cnn_670k", "--batch", "0"],
+                                  ["--config", "xml_cnn_670k", "--label-shards", "0"],
+                                  ["--config", "xml_cnn_670k", "--max-memory-gb", "nan"],
+                                  ["--config", "xml_cnn_670k", "--max-memory-gb", "inf"],
+                                  ["--config", "debug_xml_cnn", "--deepspeed.fp16", '{"enabled": true}'],
+                                  ["--config", "debug_xml_cnn", "--measure", "--num-labels", "1000"]])
 def test_cli_bad_input_is_one_sentence_and_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

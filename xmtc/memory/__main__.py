@@ -12,6 +12,7 @@ predicted. Exit status: 0, 1 when a layout does not fit in --max-memory-gb, 2 on
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -79,7 +80,25 @@ def _overrides(args, rest: list[str]) -> list[str]:
             out += ["--train.precision", args.dtype]
         if args.batch:
             out += ["--deepspeed.train_micro_batch_size_per_gpu", str(args.batch)]
+        for flag, value, key in (("--num-labels", args.num_labels, "synthetic.num_labels"), ("--vocab-size", args.vocab_size, "data.vocab_size")):
+            if value is not None:  # the measured run reads its data: a count of its own would not be measured
+                raise ConfigError(f"{flag} shapes a prediction only; --measure trains on the config's data: "
+                                  f"give --{key} {value} instead")
     return out
+
+
+def planned_dtype(cfg, device: str) -> str:
+    """The dtype the trainer runs `cfg` in on `device` (xmtc.trainer.resolve_deepspeed_config): a deepspeed
+    bf16/fp16 block decides when there is one, else train.precision ("auto": bf16 on CUDA, fp32 on CPU)."""
+    ds = cfg.deepspeed
+    if ds.get("fp16", {}).get("enabled"):
+        raise ConfigError("config key 'deepspeed.fp16' is enabled; the planner models bf16 and fp32 only "
+                          "(fp16 keeps the bytes of bf16 plus a loss scaler): pass --dtype bf16 for that estimate")
+    if "bf16" in ds or "fp16" in ds:
+        return "bf16" if ds.get("bf16", {}).get("enabled") else "fp32"
+    if cfg.train.precision == "auto":
+        return "bf16" if device == "cuda" else "fp32"
+    return cfg.train.precision
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +122,12 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.max_memory_gb is not None and args.max_memory_gb <= 0:
-        raise ConfigError(f"--max-memory-gb must be positive, got {args.max_memory_gb:g}")
+    if args.max_memory_gb is not None and not 0 < args.max_memory_gb < math.inf:
+        raise ConfigError(f"--max-memory-gb must be a positive number of GiB, got {args.max_memory_gb:g}")
+    for flag, values, low in (("--world-size", args.world_size, 1), ("--label-shards", args.label_shards, 1),
+                              ("--zero-stage", args.zero_stage, 0)):
+        if values and min(values) < low:
+            raise ConfigError(f"{flag} values must be at least {low}, got {','.join(map(str, values))}")
     cfg = load_config(args.config, _overrides(args, rest))
 
     measured, main_rank = None, True
@@ -123,9 +146,7 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     else:
         shape = model_shape(cfg, args.num_labels, args.vocab_size, args.target_len or 0)
         device, worlds = args.device or "cuda", args.world_size or [1]
-    dtype = args.dtype or ("bf16" if cfg.deepspeed.get("bf16", {}).get("enabled") else cfg.train.precision)
-    if dtype == "auto":
-        dtype = "bf16" if device == "cuda" else "fp32"
+    dtype = args.dtype or planned_dtype(cfg, device)
     stages = args.zero_stage or [int(cfg.deepspeed.get("zero_optimization", {}).get("stage", 0))]
     shards = args.label_shards or [cfg.parallel.label_shards]
     batch = args.batch or cfg.micro_batch_size
@@ -164,10 +185,13 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         for p in predictions:
             verdict = "fits" if p.peak <= limit else "DOES NOT FIT"
             out.append(f"{p.layout.describe()}: peak {report.gib(p.peak)} GiB {verdict} in {args.max_memory_gb:g} GiB")
+        # The fewest ranks from one up, whatever was asked: the answer to "how many do I need?".
+        fits = fitting_layouts(shape, Layout(1, 0, 1, dtype, batch, device), limit)
+        best = fits[0] if fits else None
+        fit_doc = {"limit_bytes": limit, "fits": [p.peak <= limit for p in predictions],
+                   "smallest_fit": best.to_dict() if best else None}
         if too_big:
             status = 1
-            fits = fitting_layouts(shape, Layout(min(worlds), 0, 1, dtype, batch, device), limit)
-            best = fits[0] if fits else None
             if best is None:
                 levers = "lower the batch, " + ("" if dtype == "bf16" else "use bf16, ") + "or set a smaller deepspeed.zero_optimization.reduce_bucket_size"
                 out.append(f"nothing up to 1024 ranks fits {args.max_memory_gb:g} GiB at batch {batch} in {dtype}; {levers}")
@@ -177,8 +201,6 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
                           + f" ({report.gib(p.peak)} GiB)" for p in fits[1:]]
                 if others:
                     out.append(f"also fits on {best.layout.world_size} ranks: " + ", ".join(others))
-            fit_doc = {"limit_bytes": limit, "fits": [p.peak <= limit for p in predictions],
-                       "smallest_fit": best.to_dict() if best else None}
     print("\n".join(out), flush=True)
 
     if args.json:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
+from xmtc.io import atomic_write_bytes
 from xmtc.memory.params import SEED_670K_GB, LayerRow, seed_explanation, seed_total
 from xmtc.memory.plan import PHASES, Prediction
 from xmtc.memory.tracker import COMPONENTS
