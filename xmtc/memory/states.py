@@ -182,6 +182,17 @@ def model_state_items(params: list[Param], *, stage: int, dtype: str, dp: int, d
         else:  # each gradient is copied into the bucket as it comes; one is in flight
             add("grads", "gradient in flight (the output layer's)", b * first, "backward:early", f"{b} L_k (H + 1)")
             add("grads", "gradient in flight (largest parameter)", b * largest, "backward:late", f"{b} max n")
+            if bucket < P:
+                # A full bucket is reduced inside the backward: grads_in_partition is allocated (whole) at the
+                # first such reduction, and on several ranks allreduce_bucket flattens the bucket's gradients
+                # into one more buffer of up to the bucket's size (measured on 2 CPU ranks: docs/memory.md).
+                add("grads", "grads_in_partition (reduced inside the backward)", b * overlap, "backward:late",
+                    f"{b} x params overlapping the partition (reduce_bucket_size < P)")
+                if dp > 1:
+                    add("temporaries", "flat copy of the bucket (allreduce_bucket)", b * bucket, "backward:late",
+                        f"{b} reduce_bucket_size")
+                # The last bucket, reduced when the backward ends, still holds the input embedding's gradient.
+                add("grads", "input embedding's gradient (in the last bucket)", b * first_layer, "reduce", f"{b} n_emb")
         if stage == 1:  # every gradient waits for the reduction, then moves into the bucket
             add("grads", "gradients, then grads_in_partition", b * max(P, overlap), "reduce", f"{b} P")
         else:
