@@ -109,7 +109,12 @@ def test_srun_variables_map_to_ranks_inside_a_step_only(monkeypatch):
     from xmtc.config import ConfigError
     from xmtc.distributed import map_launcher_env
 
-    for key in [k for k in os.environ if k.startswith("SLURM_") or k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")]:
+    # map_launcher_env writes os.environ itself: register every key it writes with monkeypatch first, so that
+    # the test leaves them as it found them (a leaked RANK sent later subprocess runs to a stale rendezvous).
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(key)
     # The batch script of an 8-task allocation (sbatch sets these there too): a plain python run is one process.
     monkeypatch.setenv("SLURM_PROCID", "0")
