@@ -198,6 +198,28 @@ def test_jsonl_bad_lines_are_skipped_and_counted(tmp_path, make_cfg):
         load_corpus(error_cfg, SyntheticConfig())
 
 
+def test_jsonl_lines_are_parsed_in_python_only_when_pyarrow_refuses_one(tmp_path, make_cfg, monkeypatch):
+    from xmtc.data import readers
+
+    good = [json.dumps({"text": t, "labels": l.split()}) for t, l in zip(TRAIN_TEXTS, TRAIN_LABELS)]
+    train = write_lines(tmp_path / "train.jsonl", [good[0], "", *good[1:]])
+    test = write_lines(tmp_path / "test.jsonl", [json.dumps({"text": t, "labels": l}) for t, l in zip(TEST_TEXTS, TEST_LABELS)])
+    cfg = make_cfg(format="table", train_file=str(train), test_file=str(test), bad_lines="skip")
+    parsed = []
+    real = readers._json_line_problem
+    monkeypatch.setattr(readers, "_json_line_problem", lambda line: parsed.append(line) or real(line))
+    corpus = load_corpus(cfg, SyntheticConfig())
+    assert len(corpus.train) == len(TRAIN_TEXTS) and parsed == []  # a clean file: pyarrow's parse only
+    # pyarrow reads two objects on one line as two records: that line is one bad document, not two.
+    write_lines(train, [good[0], good[1] + good[2], *good[2:], json.dumps({"text": "x", "labels": ["zzz"]})])
+    corpus = load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test), bad_lines="skip"),
+                           SyntheticConfig())
+    assert len(corpus.train) == len(TRAIN_TEXTS) and corpus.stats["train_skipped_malformed"] == 1
+    assert len(parsed) == len(TRAIN_TEXTS) + 1  # each line once, after pyarrow's count did not match
+    with raises(f"{train} line 2 is not valid JSON (Extra data"):
+        load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test)), SyntheticConfig())
+
+
 def test_a_label_with_a_line_break_is_refused(tmp_path, make_cfg):
     train = write_lines(tmp_path / "train.jsonl", [json.dumps({"text": "apple", "labels": ["a"]}),
                                                    json.dumps({"text": "fig", "labels": ["b", "c\rd"]})])

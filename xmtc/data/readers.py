@@ -232,15 +232,24 @@ def table_loader(path_str: str, key: str) -> str:
     return loader
 
 
-def _scan_text_table(path: Path) -> list[int]:
-    """Text tables: name the first line that is not UTF-8 (the `datasets` readers would not).
-    Returns the 1-based numbers of the non-blank lines: in JSON Lines, record i is on line [i]."""
-    records = []
+def _record_lines(path: Path) -> tuple[list[int], list[int]]:
+    """Text tables -> (1-based numbers of the non-blank lines, of the lines that are not UTF-8). No JSON is
+    parsed here: in JSON Lines that pyarrow reads whole, record i is on line [i]."""
+    records, undecodable = [], []
     for i, line in enumerate(read_lines(path)):
         if line is None:
-            raise DataError(f"{path} line {i + 1} is not valid UTF-8; a table file must be UTF-8 throughout")
-        if line.strip(JSON_WHITESPACE):
+            undecodable.append(i + 1)
+        elif line.strip(JSON_WHITESPACE):
             records.append(i + 1)
+    return records, undecodable
+
+
+def _scan_text_table(path: Path) -> list[int]:
+    """Text tables: name the first line that is not UTF-8 (the `datasets` readers would not).
+    Returns the 1-based numbers of the non-blank lines."""
+    records, undecodable = _record_lines(path)
+    if undecodable:
+        raise DataError(f"{path} line {undecodable[0]} is not valid UTF-8; a table file must be UTF-8 throughout")
     return records
 
 
@@ -287,18 +296,6 @@ def _json_line_problem(line: str) -> str | None:
     return None
 
 
-def _bad_jsonl_lines(path: Path) -> tuple[list[int], dict[str, list[int]]]:
-    """JSON Lines -> (1-based numbers of its record lines, {"undecodable"/"malformed": line numbers})."""
-    records: list[int] = []
-    bad: dict[str, list[int]] = {"undecodable": [], "malformed": []}
-    for i, line in enumerate(read_lines(path)):
-        if line is None:
-            bad["undecodable"].append(i + 1)
-        elif line.strip(JSON_WHITESPACE):
-            (bad["malformed"] if _json_line_problem(line) else records).append(i + 1)
-    return records, bad
-
-
 def _first_bad_json_line(path: Path) -> str | None:
     for i, line in enumerate(read_lines(path)):
         if line is None:
@@ -308,11 +305,24 @@ def _first_bad_json_line(path: Path) -> str | None:
     return None
 
 
-def _jsonl_without_bad_lines(path: Path, records: list[int], copy: Path) -> Path:
-    """`copy` <- the record lines (1-based numbers) of a JSON Lines file, without its bad lines."""
+def _jsonl_without_bad_lines(path: Path, copy: Path) -> tuple[list[int], dict[str, int], Path]:
+    """JSON Lines with bad lines -> (numbers of its good record lines, {reason: how many skipped}, a copy of
+    the good lines to read); one pass over the file, `path` itself when nothing is bad."""
     lines = read_lines(path)
+    records: list[int] = []
+    bad: dict[str, int] = {"undecodable": 0, "malformed": 0}
+    for i, line in enumerate(lines):
+        if line is None:
+            bad["undecodable"] += 1
+        elif line.strip(JSON_WHITESPACE):
+            if _json_line_problem(line):
+                bad["malformed"] += 1
+            else:
+                records.append(i + 1)
+    if not any(bad.values()):
+        return records, {}, path
     copy.write_text("".join(lines[n - 1] + "\n" for n in records), encoding="utf-8")
-    return copy
+    return records, bad, copy
 
 
 def _row_locator(path: Path, loader: str, lines: list[int] | None) -> Callable[[int], str]:
@@ -397,36 +407,61 @@ def read_table(
             loader = table_loader(file, key)
             path = Path(file)
             jsonl = _is_jsonl(path, loader)
+            skip = jsonl and bad_lines == "skip"
             skipped: dict[str, int] = {}
             source = path
-            if jsonl and bad_lines == "skip":
-                # A line that is not UTF-8 or not one JSON object is one bad document: skipped and counted.
-                lines, bad = _bad_jsonl_lines(path)
-                if any(bad.values()):
-                    source = _jsonl_without_bad_lines(path, lines, Path(scratch) / f"{name}.jsonl")
-                    skipped = {reason: len(numbers) for reason, numbers in bad.items()}
+            copy = Path(scratch) / f"{name}.jsonl"
+            if loader == "parquet":
+                lines = None
+            elif skip:
+                # A line that is not UTF-8 or not one JSON object is one bad document: skipped and counted. The
+                # lines are parsed here only when one is not UTF-8; else pyarrow reads the file first, and only
+                # when it refuses a line (or a line holds several records) are the bad lines found and left out.
+                lines, undecodable = _record_lines(path)
+                if undecodable:
+                    lines, skipped, source = _jsonl_without_bad_lines(path, copy)
             else:
-                lines = None if loader == "parquet" else _scan_text_table(path)
+                lines = _scan_text_table(path)
             if loader == "csv" and not _check_csv_fields(path):
                 raise DataError(f"{path} has no rows below its header" if lines else f"{path} is empty")
             if loader == "parquet" and _parquet_rows(path) == 0:
                 raise DataError(f"{path} has no rows")
-            if jsonl and not lines:
+            options = _csv_as_written(text_column, labels_column) if loader == "csv" else {}
+
+            def load(src: Path, count: list[int] | None):
+                """The table of `src`; DataError if `datasets` cannot read it or (JSON Lines) it does not hold
+                one record per line of `count`."""
+                try:
+                    table = load_dataset(loader, data_files={name: str(src)}, split=name, cache_dir=scratch, **options)
+                except Exception as e:  # datasets raises many types (ArrowInvalid, DatasetGenerationError, ...)
+                    cause = e.__cause__ or e
+                    raise DataError(f"{path} could not be read as {loader}: {type(cause).__name__}: {cause}".strip()) from e
+                if count is not None and len(table) != len(count):
+                    raise DataError(f"{path} holds {len(table)} records on {len(count)} lines; each line must be one JSON object")
+                return table
+
+            table = None
+            if lines or not jsonl:
+                try:
+                    table = load(source, lines if jsonl else None)
+                except DataError as e:
+                    if not jsonl or skipped:
+                        raise
+                    if not skip:
+                        bad_line = _first_bad_json_line(path)
+                        raise (DataError(bad_line) if bad_line else e) from e.__cause__
+                    lines, skipped, source = _jsonl_without_bad_lines(path, copy)
+                    if not skipped:
+                        raise
+                    if lines:
+                        table = load(source, lines)
+            if table is None:  # JSON Lines without a record
                 if not skipped:
                     raise DataError(f"{path} holds no records")
                 split = SplitBuilder(name, bad_lines, str, str(path)).split  # nothing left: said with the counts
                 split.skipped.update(skipped)
                 out[name] = split
                 continue
-            options = _csv_as_written(text_column, labels_column) if loader == "csv" else {}
-            try:
-                table = load_dataset(loader, data_files={name: str(source)}, split=name, cache_dir=scratch, **options)
-            except Exception as e:  # datasets raises many types (ArrowInvalid, DatasetGenerationError, ...)
-                bad_line = _first_bad_json_line(path) if jsonl else None
-                if bad_line:
-                    raise DataError(bad_line) from e
-                cause = e.__cause__ or e
-                raise DataError(f"{path} could not be read as {loader}: {type(cause).__name__}: {cause}".strip()) from e
             locate = _row_locator(path, loader, lines)
             split = split_from_columns(name, table, text_column, labels_column, bad_lines, locate, str(path))
             for reason, n in skipped.items():
