@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             StopSignal.ignore_further()  # the run is over: a late SIGUSR1/SIGTERM must not turn its exit into 138/143
             teardown()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        if e.echo:
+            print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     return 0
 

@@ -232,6 +232,20 @@ def test_model_selection_tests_the_best_validation_step(runs, tmp_path):
     assert (last["micro_f1"], last["P@1"]) != (selected["micro_f1"], selected["P@1"])
 
 
+@pytest.mark.parametrize("override, message", [
+    (["--train.select_metric", "P@1"], "config key 'train.select_metric' is \"P@1\" but the corpus has no validation split"),
+    (["--deepspeed.zero_optimisation", '{"stage": 2}'], "did you mean 'deepspeed.zero_optimization'?"),
+])
+def test_an_error_every_rank_meets_is_said_once(tmp_path, override, message):
+    # Found after the data is read, alike on both ranks: rank 0 says it, rank 1 exits with 2 silently.
+    proc = subprocess.run(train_cmd(tmp_path / "run", "--train.max_steps", "2", *override), cwd=ROOT, env=env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error: " in line]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "run").exists()
+
+
 def test_user_errors_exit_2_with_one_sentence(tmp_path):
     cases = [
         (["--config", "no_such_config"], "config 'no_such_config' is neither a file nor a config"),

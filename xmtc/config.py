@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
 import types
 import typing
@@ -23,20 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xmtc.config_checks import LOWER_IS_BETTER, check_values, metric_names  # noqa: F401  (re-exported)
+from xmtc.errors import ConfigError, DataError, UserError  # noqa: F401  (re-exported)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-class UserError(Exception):
-    """A mistake in what the user gave us (config, data, paths): shown as one sentence, exit 2."""
-
-
-class ConfigError(UserError):
-    """A bad config file, key, value or override."""
-
-
-class DataError(UserError):
-    """A missing or malformed data file: the message names the file and line."""
 
 
 @dataclass
@@ -502,7 +491,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "") -> Config:
         if not isinstance(ds.get(key), int) or isinstance(ds.get(key), bool) or ds[key] < 1:
             raise ConfigError(f"config key 'deepspeed.{key}' must be a positive integer, got {ds.get(key)!r}")
     cfg = Config(**kwargs, deepspeed=ds, source=source)
-    _check_values(cfg)
+    check_values(cfg)
     return cfg
 
 
@@ -512,94 +501,6 @@ def _merge(base: dict, update: dict) -> None:
             _merge(base[k], v)
         else:
             base[k] = v
-
-
-def metric_names(ks: list[int]) -> list[str]:
-    """The metric names an evaluation reports (see `xmtc.metrics.MetricSums.result`)."""
-    ranked = [f"{m}@{k}" for m in ("P", "nDCG", "PSP") for k in ks]
-    return ranked + ["hamming_loss", "micro_precision", "micro_recall", "micro_f1"]
-
-
-LOWER_IS_BETTER = frozenset({"hamming_loss"})
-"""Metrics that model selection minimizes; every other metric is maximized."""
-
-
-def _check_values(cfg: Config) -> None:
-    lower_bounds = {
-        "model.embed_dim": (cfg.model.embed_dim, 1),
-        "xml_cnn.num_filters": (cfg.xml_cnn.num_filters, 1),
-        "xml_cnn.pooling_chunks": (cfg.xml_cnn.pooling_chunks, 1),
-        "xml_cnn.loss_chunk_size": (cfg.xml_cnn.loss_chunk_size, 1),
-        "data.max_len": (cfg.data.max_len, 1),
-        "data.vocab_size": (cfg.data.vocab_size, 3),  # padding, unknown and one token
-        "parallel.label_shards": (cfg.parallel.label_shards, 1),
-        "eval.batch_size": (cfg.eval.batch_size, 1),
-        "eval.max_predictions": (cfg.eval.max_predictions, 1),
-        "synthetic.num_labels": (cfg.synthetic.num_labels, 1),
-        "train.log_every": (cfg.train.log_every, 1),
-        "train.seed": (cfg.train.seed, 0),
-        "data.valid_seed": (cfg.data.valid_seed, 0),
-        "synthetic.seed": (cfg.synthetic.seed, 0),
-        "train.warmup_steps": (cfg.train.warmup_steps, 0),
-        "train.eval_every": (cfg.train.eval_every, 0),
-        "train.save_every": (cfg.train.save_every, 0),
-    }
-    for key, (value, low) in lower_bounds.items():
-        if value < low:
-            raise ConfigError(f"config key '{key}' must be at least {low}, got {value}")
-    if not cfg.xml_cnn.filter_widths or min(cfg.xml_cnn.filter_widths) < 1:
-        raise ConfigError(f"config key 'xml_cnn.filter_widths' must be a non-empty list of positive widths, got {cfg.xml_cnn.filter_widths}")
-    width_limit = cfg.model.embed_dim if cfg.xml_cnn.conv_over == "embedding" else cfg.data.max_len
-    if max(cfg.xml_cnn.filter_widths) > width_limit:
-        raise ConfigError(
-            f"config key 'xml_cnn.filter_widths' has width {max(cfg.xml_cnn.filter_widths)}, wider than the "
-            f"{'embedding' if cfg.xml_cnn.conv_over == 'embedding' else 'sequence'} it slides over ({width_limit})"
-        )
-    if cfg.xml_cnn.tfidf and cfg.xml_cnn.bottleneck < 1:
-        raise ConfigError("config key 'xml_cnn.tfidf' is true but 'xml_cnn.bottleneck' is 0; the TF-IDF channel feeds the bottleneck")
-    if not 0.0 <= cfg.model.dropout < 1.0 or not 0.0 <= cfg.model.embed_dropout < 1.0:
-        raise ConfigError("config keys 'model.dropout' and 'model.embed_dropout' must be in [0, 1)")
-    if not cfg.model.embed_init_std > 0.0:
-        raise ConfigError(f"config key 'model.embed_init_std' must be positive, got {cfg.model.embed_init_std}")
-    if not cfg.eval.ks or min(cfg.eval.ks) < 1:
-        raise ConfigError(f"config key 'eval.ks' must be a non-empty list of positive k, got {cfg.eval.ks}")
-    if len(set(cfg.eval.ks)) != len(cfg.eval.ks):
-        raise ConfigError(f"config key 'eval.ks' is {cfg.eval.ks}, which repeats a k; list each k once")
-    if not 0.0 <= cfg.data.valid_fraction < 1.0:
-        raise ConfigError(f"config key 'data.valid_fraction' must be in [0, 1), got {cfg.data.valid_fraction}")
-    if cfg.train.select_metric and cfg.train.select_metric not in metric_names(cfg.eval.ks):
-        raise ConfigError(
-            f"config key 'train.select_metric' is \"{cfg.train.select_metric}\"; allowed: \"\" (no selection) or one of "
-            + ", ".join(metric_names(cfg.eval.ks))
-        )
-    if cfg.train.max_steps < 0:
-        raise ConfigError(f"config key 'train.max_steps' must be at least 0 (0 = train.epochs decides), got {cfg.train.max_steps}")
-    if not (0 < cfg.train.epochs < math.inf):
-        raise ConfigError(f"config key 'train.epochs' must be a positive finite number, got {cfg.train.epochs}")
-    if not cfg.train.lr > 0.0:
-        raise ConfigError(f"config key 'train.lr' must be positive, got {cfg.train.lr}")
-    if not 0.0 <= cfg.train.min_lr_ratio <= 1.0:
-        raise ConfigError(f"config key 'train.min_lr_ratio' must be in [0, 1], got {cfg.train.min_lr_ratio}")
-    if cfg.train.weight_decay < 0.0:
-        raise ConfigError(f"config key 'train.weight_decay' must be at least 0, got {cfg.train.weight_decay}")
-    if len(cfg.train.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.train.betas):
-        raise ConfigError(f"config key 'train.betas' must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {cfg.train.betas}")
-    if "scheduler" in cfg.deepspeed and "optimizer" not in cfg.deepspeed:
-        raise ConfigError(
-            "config key 'deepspeed.scheduler' is set without 'deepspeed.optimizer': the trainer's torch optimizer follows "
-            "train.lr_schedule (with train.warmup_steps, train.min_lr_ratio); remove the scheduler block, or add an optimizer block"
-        )
-    clip = cfg.deepspeed.get("gradient_clipping", 0.0)
-    if not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0:
-        raise ConfigError(f"config key 'deepspeed.gradient_clipping' must be a number >= 0 (0 = off), got {clip!r}")
-    for block in ("zero_optimization", "bf16", "fp16"):
-        if block in cfg.deepspeed and not isinstance(cfg.deepspeed[block], dict):
-            example = '{"stage": 2}' if block == "zero_optimization" else '{"enabled": true}'
-            raise ConfigError(f"config key 'deepspeed.{block}' is {cfg.deepspeed[block]!r}; it must be an object, e.g. {example}")
-    zero = cfg.deepspeed.get("zero_optimization", {})
-    stage = zero.get("stage", 0)
-    if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
-        raise ConfigError(f"config key 'deepspeed.zero_optimization.stage' must be 0, 1, 2 or 3, got {stage!r}")
 
 
 def load_config(name_or_path: str, overrides: dict[str, Any] | list[str] | None = None) -> Config:

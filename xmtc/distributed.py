@@ -261,6 +261,15 @@ def print0(*args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
+def from_main(obj, device: torch.device):
+    """Rank 0's `obj` (anything picklable) on every rank; `obj` itself without a multi-rank group."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=device if dist.get_backend() == "nccl" else None)
+    return box[0]
+
+
 def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return t

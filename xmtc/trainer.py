@@ -12,6 +12,7 @@ Everything a run writes goes to `train.output_dir`:
   curves.png            training loss and metrics by step, redrawn after each evaluation (`train.plot`)
   labels.txt            label names in id order (most frequent first)
   tokenizer/            the tokenizer (xmtc.evaluate/predict check that the corpus they rebuild has the same)
+  .xmtc-run.lock        held by rank 0 while the run writes (xmtc.runlock): a second run into the directory stops
 
 A run stopped by SIGUSR1/SIGTERM checkpoints at the next step boundary and exits with code 75
 (`EXIT_REQUEUE`); `train.resume` continues exactly: same data order, same schedule, same dropout.
@@ -21,6 +22,7 @@ Nothing is written before every check has passed; a fresh run sets another run's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -35,7 +37,7 @@ from xmtc import ops
 from xmtc.checkpoint import BEST_FILE, keep_metrics_through, read_best, set_aside_run, set_aside_tag
 from xmtc.config import LOWER_IS_BETTER, Config, ConfigError, UserError
 from xmtc.data import TrainBatchSampler, collate, load_corpus, whole_train_token_ids
-from xmtc.distributed import all_reduce_max, all_reduce_sum, print0, setup
+from xmtc.distributed import DistInfo, all_reduce_max, all_reduce_sum, from_main, print0, setup
 from xmtc.evaluation import evaluate, move
 from xmtc.io import append_jsonl, atomic_write_json, atomic_write_text
 from xmtc.metrics import format_table
@@ -46,6 +48,7 @@ from xmtc.models.word_vectors import cached_ppmi_svd_vectors, scaled
 from xmtc.optim import build_optimizer, configured_settings, lr_lambda
 from xmtc.plots import CURVES_FILE, read_records, write_curves
 from xmtc.parallel import load_checkpoint, parallelize
+from xmtc.runlock import DirectoryInUse, RunLock, in_use_message
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed on a signal, run again with train.resume
 
@@ -209,8 +212,42 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
 
 
+@contextlib.contextmanager
+def said_by_rank0(dist_info: DistInfo):
+    """A UserError raised in here is raised alike on every rank (same config, corpus and model): rank 0 says it,
+    the others exit with 2 silently. Not for what a rank sees alone (a file missing on one node)."""
+    try:
+        yield
+    except UserError as e:
+        e.echo = e.echo and dist_info.is_main
+        raise
+
+
+def claim_output_dir(lock: RunLock, dist_info: DistInfo, take: bool) -> None:
+    """Every rank stops (rank 0 says why) when another run holds the output directory: checked (`take`
+    False) before the data is read, and taken by rank 0 (`take` True) before the run writes anything."""
+    holder = None
+    if dist_info.is_main:
+        holder = lock.acquire() if take else lock.holder()
+        if take and lock.unsupported:
+            print0(f"warning: {lock.unsupported}")
+    holder = from_main(holder, dist_info.device)
+    if holder is not None:
+        raise DirectoryInUse(in_use_message(lock.path.parent, holder), echo=dist_info.is_main)
+
+
 def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
-    """Train and evaluate per `cfg`; returns the final metrics (on every rank)."""
+    """Train and evaluate per `cfg`; returns the final metrics (on every rank).
+
+    Rank 0 holds `train.output_dir`'s lock (xmtc.runlock) from its first write there until this returns."""
+    lock = RunLock(Path(cfg.train.output_dir))
+    try:
+        return _train(cfg, local_rank_arg, lock)
+    finally:
+        lock.release()
+
+
+def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
     import deepspeed
 
     # First thing, so that SIGTERM/SIGUSR1 during start-up (preemption) also ends in a checkpoint and 75.
@@ -218,12 +255,14 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     stop.install()
     ops.set_kernel_backend_from_config(cfg.model.kernels)
     dist_info = setup(cfg.parallel, cfg.train.device, local_rank_arg)
-    cfg.check_batch(dist_info.world_size)
+    with said_by_rank0(dist_info):
+        cfg.check_batch(dist_info.world_size)
     if cfg.model.kernels == "triton" and dist_info.device.type != "cuda" and not kernels.interpreting():
         raise ConfigError("config key 'model.kernels' is \"triton\" but this run is on the CPU; use \"auto\" or \"torch\" "
-                          "(or TRITON_INTERPRET=1 to interpret the kernels, slowly)")
+                          "(or TRITON_INTERPRET=1 to interpret the kernels, slowly)", echo=dist_info.is_main)
     out = Path(cfg.train.output_dir)
     ckpt_dir = out / "checkpoints"
+    claim_output_dir(lock, dist_info, take=False)  # before minutes of reading data and building the model
 
     corpus = load_corpus(cfg.data, cfg.synthetic)
     if dist_info.is_main:
@@ -235,7 +274,7 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     if select and corpus.valid is None:
         raise ConfigError(
             f"config key 'train.select_metric' is \"{select}\" but the corpus has no validation split; set "
-            "data.valid_fraction (e.g. 0.1) or give the sgm corpus valid.src/valid.tgt"
+            "data.valid_fraction (e.g. 0.1) or give the sgm corpus valid.src/valid.tgt", echo=dist_info.is_main
         )
 
     torch.manual_seed(cfg.train.seed)  # identical initial parameters on every rank
@@ -250,7 +289,8 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
                f"({time.perf_counter() - started:.1f}s)")
     if getattr(model, "tfidf", None) is not None:
         model.tfidf.set_idf(*document_frequencies(corpus.train["input_ids"], corpus.vocab_size))
-    plan = parallelize(model, cfg, dist_info)
+    with said_by_rank0(dist_info):
+        plan = parallelize(model, cfg, dist_info)
     model = plan.model.to(dist_info.device)
     n_params = sum(p.numel() for p in model.parameters())
     print0(f"model: {cfg.model.name}, {n_params:,} parameters on rank 0, device {dist_info.device}")
@@ -261,11 +301,13 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     if sampler.steps_per_epoch < 1:
         raise ConfigError(
             f"the training set ({len(corpus.train)} documents) is smaller than one global batch "
-            f"({cfg.micro_batch_size * cfg.grad_accum * plan.data_world_size}); lower deepspeed.train_micro_batch_size_per_gpu"
+            f"({cfg.micro_batch_size * cfg.grad_accum * plan.data_world_size}); lower deepspeed.train_micro_batch_size_per_gpu",
+            echo=dist_info.is_main,
         )
     total_steps = cfg.train.max_steps or max(1, int(cfg.train.epochs * sampler.steps_per_epoch))
 
-    ds_config = plan.deepspeed_config(resolve_deepspeed_config(cfg, plan.data_world_size, dist_info.device.type))
+    with said_by_rank0(dist_info):
+        ds_config = plan.deepspeed_config(resolve_deepspeed_config(cfg, plan.data_world_size, dist_info.device.type))
     leaf_types = getattr(model, "zero3_leaf_modules", None)
     if leaf_types and ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
         # Modules that run a data-dependent number of sub-module calls per forward (SGM's decoder)
@@ -273,14 +315,15 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
         deepspeed.utils.set_z3_leaf_modules(model, list(leaf_types))
     optimizer = None if "optimizer" in cfg.deepspeed else build_optimizer(cfg, model, plan)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps)) if optimizer else None
-    engine = initialize_deepspeed(
-        ds_config,
-        model=model,
-        optimizer=optimizer,
-        model_parameters=None if optimizer else plan.param_groups([{"params": list(model.parameters())}]),
-        lr_scheduler=scheduler,
-        mpu=plan.mpu,
-    )
+    with said_by_rank0(dist_info):
+        engine = initialize_deepspeed(
+            ds_config,
+            model=model,
+            optimizer=optimizer,
+            model_parameters=None if optimizer else plan.param_groups([{"params": list(model.parameters())}]),
+            lr_scheduler=scheduler,
+            mpu=plan.mpu,
+        )
 
     step, last_loss = 0, float("nan")
     best: dict | None = None  # the selected checkpoint so far (best.json's content)
@@ -289,11 +332,12 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
     if resumed:
         restore_settings = configured_settings(optimizer, scheduler) if scheduler is not None else None
         try:
-            loaded_tag, client = load_checkpoint(engine, plan, ckpt_dir)
+            with said_by_rank0(dist_info):  # every rank reads the same layout (reshard.check_resume_layout)
+                loaded_tag, client = load_checkpoint(engine, plan, ckpt_dir)
         except RuntimeError as e:
             if not any(x in str(e) for x in ("size mismatch", "Missing key(s)", "Unexpected key(s)")):
                 raise
-            raise ConfigError(model_mismatch(out / "config.json", cfg, ckpt_dir, str(e))) from None
+            raise ConfigError(model_mismatch(out / "config.json", cfg, ckpt_dir, str(e)), echo=dist_info.is_main) from None
         if restore_settings is not None and (changed := restore_settings()):
             print0(f"resumed with {', '.join(changed)} from the config, not the checkpoint's")
         step = int(client["step"])
@@ -309,6 +353,7 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
             print0(f"{out} finished at step {step} already (final_metrics.json); nothing to do")
             return done
     # Every check has passed: only now does this run write into its directory.
+    claim_output_dir(lock, dist_info, take=True)
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if resumed:
@@ -429,7 +474,8 @@ def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
                 raise Diverged(
                     f"the training loss is {last_loss} at step {step}: the run diverged (lower train.lr, raise "
                     "train.warmup_steps or set deepspeed.gradient_clipping); nothing was saved for this step"
-                    + (f", the newest checkpoint is {ckpt_dir / last_saved[1]}" if last_saved else "")
+                    + (f", the newest checkpoint is {ckpt_dir / last_saved[1]}" if last_saved else ""),
+                    echo=dist_info.is_main,  # the loss is all-reduced: every rank stops here
                 )
             if bar is not None:
                 bar.update(1)

@@ -1,0 +1,111 @@
+"""One run per output directory.
+
+Two runs writing one `train.output_dir` destroy each other: the second sets the first's files aside
+(or, resuming, loads its checkpoint) while the first still writes checkpoints, metrics and the
+`latest` pointer. So rank 0 holds an exclusive `flock` on `OUTPUT_DIR/.xmtc-run.lock` from the
+moment the run first writes there until it ends, and a run that finds the lock held stops with one
+sentence naming the holder (pid, host, SLURM job, start time), before it reads its data and again
+before it writes anything.
+
+flock locks die with their process (a killed run leaves no stale lock) and are seen across the
+nodes of NFS (Linux emulates them with NFS byte-range locks) and of Lustre mounted with `-o flock`.
+A filesystem without locks (Lustre's default `noflock`, an NFS mount without a lock daemon) gets a
+warning and no guard.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from xmtc.config import UserError
+
+LOCK_NAME = ".xmtc-run.lock"
+
+
+class DirectoryInUse(UserError):
+    """Another process holds the output directory's lock; the launcher prints the sentence and exits with 2."""
+
+
+def _holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        info = json.loads(os.read(fd, 4096).decode("utf-8"))
+        where = f"pid {info['pid']} on host {info['host']}"
+        if info.get("slurm_job"):
+            where += f", SLURM job {info['slurm_job']}"
+        return where + f", since {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):  # written half (the holder is just starting) or by hand
+        return "another process"
+
+
+def in_use_message(out: Path, holder: str) -> str:
+    return (f"train.output_dir {out} is in use by another run ({holder}); wait for it to end, stop it, or give this "
+            "run another train.output_dir")
+
+
+def _no_locks(e: OSError) -> bool:
+    return e.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+
+
+class RunLock:
+    """The lock of one output directory, as rank 0 sees it."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK_NAME
+        self.fd: int | None = None
+        self.unsupported = ""
+
+    def holder(self) -> str | None:
+        """Who holds the lock (a description), or None when nobody does; creates nothing."""
+        if self.fd is not None:
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError:  # no lock file (no run was here), or one this user cannot open: the writes will say
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(fd)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)  # releases the probe's lock, if it got one
+        return None
+
+    def acquire(self) -> str | None:
+        """Take the lock (creating the directory and the file); returns the holder when another run has it."""
+        if self.fd is not None:
+            return None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            return holder
+        except OSError as e:
+            os.close(fd)
+            if not _no_locks(e):
+                raise
+            self.unsupported = f"{self.path.parent} cannot be locked ({os.strerror(e.errno)}): a second run into it would not be stopped"
+            return None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID", ""),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+        self.fd = fd
+        return None
+
+    def release(self) -> None:
+        """Give the lock up (the file stays: removing it would let a third run lock a new inode beside a waiter)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
