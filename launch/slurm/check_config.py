@@ -4,6 +4,10 @@ The batch scripts run this before starting any rank, so a wrong config name or k
 (or, from submit.sh, the submission) with one sentence instead of a traceback from every rank.
 
     python launch/slurm/check_config.py CONFIG [--section.key value ...]
+    python launch/slurm/check_config.py --array-args FILE CONFIG [--section.key value ...]
+
+With --array-args, line N of FILE holds the overrides of job-array task N (split on spaces, after
+the others: the last override wins); every line is checked and the number of lines is printed.
 """
 
 from __future__ import annotations
@@ -15,17 +19,54 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from xmtc.config import UserError, load_config  # noqa: E402
 
+USAGE = "usage: python launch/slurm/check_config.py [--array-args FILE] CONFIG [--section.key value ...]"
+
+
+def array_lines(path: str) -> list[list[str]]:
+    """Each line's overrides, split on spaces as train_job.sh splits them (`read -r -a`, a CR removed)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"XMTC_ARRAY_ARGS={path} cannot be read ({e}); give a text file, line N the overrides of array task N")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline
+    if not lines:
+        raise UserError(f"XMTC_ARRAY_ARGS={path} is empty; give one line of trainer overrides per array task")
+    out = []
+    for number, line in enumerate(lines, start=1):
+        words = line.split()
+        if not words:
+            raise UserError(f"XMTC_ARRAY_ARGS={path} line {number} is empty; line N holds the overrides of array task N")
+        out.append(words)
+    return out
+
 
 def main(argv: list[str]) -> int:
+    array_args = None
+    if argv[:1] == ["--array-args"]:
+        if len(argv) < 2:
+            print(USAGE, file=sys.stderr)
+            return 2
+        array_args, argv = argv[1], argv[2:]
     if not argv or argv[0].startswith("-"):
-        print("usage: python launch/slurm/check_config.py CONFIG [--section.key value ...]", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     try:
-        cfg = load_config(argv[0], argv[1:])
+        if array_args is None:
+            print(load_config(argv[0], argv[1:]).train.output_dir)
+            return 0
+        lines = array_lines(array_args)
+        for number, words in enumerate(lines, start=1):
+            try:
+                load_config(argv[0], [*argv[1:], *words])
+            except UserError as e:
+                raise UserError(f"XMTC_ARRAY_ARGS={array_args} line {number}: {e}") from None
+        print(len(lines))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(cfg.train.output_dir)
     return 0
 
 

@@ -7,8 +7,9 @@
 # XMTC_NODES -> --nodes, XMTC_GPUS_PER_NODE -> --gpus-per-node and --ntasks-per-node (one rank per
 # GPU), XMTC_RANKS_PER_NODE -> --ntasks-per-node (needed on CPU-only nodes, XMTC_GPUS_PER_NODE=0),
 # XMTC_CPUS_PER_RANK -> --cpus-per-task. Unset variables keep the script's #SBATCH defaults; options
-# given here override both. The job reads XMTC_CONFIG, XMTC_TRAIN_ARGS, XMTC_LAUNCHER, XMTC_PYTHON
-# and XMTC_EXIT_GRACE itself (docs/slurm.md).
+# given here override both. XMTC_ARRAY_ARGS=FILE submits a job array, task N with the overrides on
+# line N of FILE (--array=1-<lines> unless an --array option is given). The job reads XMTC_CONFIG,
+# XMTC_TRAIN_ARGS, XMTC_ARRAY_ARGS, XMTC_LAUNCHER, XMTC_PYTHON and XMTC_EXIT_GRACE itself (docs/slurm.md).
 set -euo pipefail
 
 die() {
@@ -59,7 +60,21 @@ fi
 # A bad config or override fails here, in a second, rather than after the job has waited for nodes.
 # Without XMTC_CONFIG the batch scripts train xml_cnn_670k: the overrides are checked against it.
 read -r -a env_args <<<"${XMTC_TRAIN_ARGS:-}"
-(cd "$root" && "${XMTC_PYTHON:-python3}" launch/slurm/check_config.py "${XMTC_CONFIG:-xml_cnn_670k}" "${env_args[@]}" "${train_args[@]}" >/dev/null) || exit 2
+config_check=("${XMTC_PYTHON:-python3}" launch/slurm/check_config.py)
+if [ -n "${XMTC_ARRAY_ARGS:-}" ]; then
+    [ -f "$XMTC_ARRAY_ARGS" ] || die "XMTC_ARRAY_ARGS=$XMTC_ARRAY_ARGS is not a file; give one line of trainer overrides per array task"
+    XMTC_ARRAY_ARGS=$(realpath "$XMTC_ARRAY_ARGS")  # the job runs from the repository root
+    export XMTC_ARRAY_ARGS
+    config_check+=(--array-args "$XMTC_ARRAY_ARGS")
+fi
+checked=$(cd "$root" && "${config_check[@]}" "${XMTC_CONFIG:-xml_cnn_670k}" "${env_args[@]}" "${train_args[@]}") || exit 2
+if [ -n "${XMTC_ARRAY_ARGS:-}" ]; then
+    given_array=0
+    for opt in "${sbatch_opts[@]}"; do
+        [[ $opt == --array=* || $opt == --array || $opt == -a* ]] && given_array=1
+    done
+    ((given_array)) || flags+=(--array="1-$checked")
+fi
 
 export XMTC_ROOT=$root
 exec sbatch "${flags[@]}" "${sbatch_opts[@]}" "$script" "${train_args[@]}"

@@ -30,9 +30,22 @@ command -v "$python" >/dev/null || die "XMTC_PYTHON=$python is not an executable
 [[ $grace =~ ^[0-9]+$ && $grace -gt 0 ]] || die "XMTC_EXIT_GRACE is '$grace'; give the seconds the other ranks get once one has exited (e.g. 120)"
 [ -n "$config" ] || die "XMTC_CONFIG is empty; set it to a config name in configs/ or a JSON path"
 
-# Extra trainer arguments: XMTC_TRAIN_ARGS (split on spaces), then the batch script's own arguments.
+# Extra trainer arguments: XMTC_TRAIN_ARGS (split on spaces), then the batch script's own arguments,
+# then, in a job array, line N of XMTC_ARRAY_ARGS for task N.
 read -r -a train_args <<<"${XMTC_TRAIN_ARGS:-}"
 train_args+=("$@")
+task=${SLURM_ARRAY_TASK_ID:-}
+if [ -n "$task" ] && [ -n "${XMTC_ARRAY_ARGS:-}" ]; then
+    array_args=$XMTC_ARRAY_ARGS
+    [ -f "$array_args" ] || die "XMTC_ARRAY_ARGS=$array_args is not a file (relative paths are from $root); give one line of trainer overrides per array task"
+    lines=$(grep -c '' "$array_args")
+    ((task >= 1 && task <= lines)) || die "array task $task has no line in XMTC_ARRAY_ARGS=$array_args, which has $lines: line N holds the overrides of task N (submit with --array=1-$lines)"
+    line=$(sed -n "${task}p" "$array_args")
+    line=${line%$'\r'}
+    read -r -a task_args <<<"$line"
+    ((${#task_args[@]} > 0)) || die "XMTC_ARRAY_ARGS=$array_args line $task is empty; line N holds the overrides of array task N"
+    train_args+=("${task_args[@]}")
+fi
 if ((restart > 0)); then
     # A requeued start continues from DIR/checkpoints/latest; the last override wins.
     train_args+=(--train.resume true)
@@ -40,6 +53,8 @@ fi
 
 output_dir=$("$python" launch/slurm/check_config.py "$config" "${train_args[@]}") || exit 2
 [[ $output_dir == /* ]] || output_dir=$root/$output_dir
+# The tasks of a job array run side by side: each has its own directory (one run per directory: xmtc.runlock).
+[ -z "$task" ] || output_dir=$output_dir/task$task
 log_dir=$output_dir/logs/slurm-$SLURM_JOB_ID
 rank_log_dir=$log_dir/restart$restart
 mkdir -p "$rank_log_dir" || die "cannot create the log directory $rank_log_dir"
@@ -115,7 +130,8 @@ trap 'log "batch shell received SIGTERM; waiting for the ranks"' TERM
 trap 'log "batch shell received SIGUSR1; passing it to the ranks"; scancel --signal=USR1 "$SLURM_JOB_ID"' USR1
 started=$(date +%s)
 # In the background, so that the traps above run at once rather than when srun has ended.
-srun "${srun_opts[@]}" "${cmd[@]}" --config "$config" --train.output_dir "$output_dir" "${train_args[@]}" &
+# The output directory last: the last override wins, and an array task's is OUTPUT_DIR/task<N>.
+srun "${srun_opts[@]}" "${cmd[@]}" --config "$config" "${train_args[@]}" --train.output_dir "$output_dir" &
 srun_pid=$!
 # A trapped signal interrupts wait; keep waiting until srun itself has exited.
 while true; do

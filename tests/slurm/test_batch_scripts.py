@@ -8,6 +8,7 @@ as long as its slowest job: a run that is signalled, checkpoints, is requeued an
   terminated_deepspeed the same, SIGTERM to every process of the job steps: DeepSpeed's launcher must pass on 75
   rank_killed          rank 1 is SIGKILLed at start-up; rank 0, left waiting for it, must not keep the job alive
   bad_config           a config that does not exist
+  array_<N>            tasks 1-3 of one job array, one rank each, task N with line N of XMTC_ARRAY_ARGS (2 lines)
 `scancel --signal=USR1 JOB` reaches every process of the job steps and not the batch shell, like the
 scripts' `#SBATCH --signal=USR1@180` near the time limit: the path users get. `scancel --batch` is the
 path of `--signal=B:USR1@...`, which the batch shell forwards to the steps.
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 SLURM_DIR = REPO / "launch" / "slurm"
 STEPS = 120  # the first checkpoint is at step 20: 100 steps for the signal to land mid-run
+ARRAY_STEPS = 10
 GRACE_S = 15  # XMTC_EXIT_GRACE of the rank_killed job
 TIMEOUT_S = 900
 
@@ -40,19 +42,24 @@ TIMEOUT_S = 900
 class Job:
     name: str
     out: Path
-    job_id: int = 0
+    job_id: int | str = 0  # ARRAYID_TASK for an array task
     info: dict = field(default_factory=dict)
     acted_at: float = 0.0  # when the test signalled or killed it
     ended_at: float = 0.0
 
     def log(self, restart: int, rank: int) -> str:
         """The rank's log of one start of the job (srun's rank<R>.log or DeepSpeed's <time>_rank<R>.log)."""
-        found = sorted((self.out / "logs" / f"slurm-{self.job_id}" / f"restart{restart}").glob(f"*rank{rank}.log"))
+        found = sorted((self.out / "logs" / f"slurm-{self.slurm_id}" / f"restart{restart}").glob(f"*rank{rank}.log"))
         assert found, f"{self.name}: no log of rank {rank}, restart {restart} under {self.out / 'logs'}"
         return found[0].read_text(errors="replace")
 
+    @property
+    def slurm_id(self) -> str:
+        """SLURM_JOB_ID inside the job: an array task's own id, not ARRAYID_TASK."""
+        return self.info.get("JobId", str(self.job_id))
+
     def batch_log(self) -> str:
-        return (self.out / "logs" / f"slurm-{self.job_id}" / "batch.log").read_text()
+        return (self.out / "logs" / f"slurm-{self.slurm_id}" / "batch.log").read_text()
 
     def final(self) -> dict:
         return json.loads((self.out / "final_metrics.json").read_text())
@@ -110,6 +117,13 @@ def jobs(slurm_cluster, tmp_path_factory) -> dict[str, Job]:
            job_env(j, XMTC_EXIT_GRACE=str(GRACE_S), **cpu_node))
     j = jobs["bad_config"]
     submit(cluster, work, j, [*sbatch, single], job_env(j, XMTC_CONFIG="no_such_config"))
+    sweep = work / "sweep.txt"
+    sweep.write_text(f"--train.max_steps {ARRAY_STEPS} --train.lr 0.01\n--train.max_steps {ARRAY_STEPS} --train.lr 0.02\n")
+    array = Job("array", work / "array")
+    submit(cluster, work, array, ["sbatch", "--parsable", "--array=1-3", "--gpus-per-node=0", "--ntasks-per-node=1",
+                                  "--cpus-per-task=1", "--time=20", single], job_env(array, XMTC_ARRAY_ARGS=str(sweep)))
+    for task in (1, 2, 3):  # train_job.sh gives each task its own directory
+        jobs[f"array_{task}"] = Job(f"array_{task}", array.out / f"task{task}", job_id=f"{array.job_id}_{task}")
 
     deadline = time.monotonic() + TIMEOUT_S
     running = dict(jobs)
@@ -194,3 +208,21 @@ def test_missing_config_fails_the_job_with_one_sentence(jobs):
     output = Path(job.info["StdOut"]).read_text()
     assert "error: config 'no_such_config' is neither a file nor a config in" in output
     assert "Traceback" not in output
+
+
+def test_array_tasks_train_their_own_lines_in_their_own_directories(jobs):
+    losses = []
+    for task, lr in ((1, 0.01), (2, 0.02)):
+        job = jobs[f"array_{task}"]
+        assert_completed(job, restarts=0)
+        config = json.loads((job.out / "config.json").read_text())
+        assert (config["train"]["lr"], config["train"]["max_steps"]) == (lr, ARRAY_STEPS)
+        assert job.final()["step"] == ARRAY_STEPS
+        losses.append(job.final()["train_loss"])
+        assert f"output {job.out};" in job.batch_log()
+    assert losses[0] != losses[1]
+    job = jobs["array_3"]  # the file has two lines
+    assert (job.info["JobState"], job.info["ExitCode"]) == ("FAILED", "2:0"), job.info
+    output = Path(job.info["StdOut"]).read_text()
+    assert "error: array task 3 has no line in XMTC_ARRAY_ARGS=" in output and "(submit with --array=1-2)" in output
+    assert not job.out.exists()

@@ -24,7 +24,7 @@ def submit(tmp_path):
     bin_dir.mkdir()
     recorded = tmp_path / "sbatch_args"
     fake = bin_dir / "sbatch"
-    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "XMTC_ROOT=$XMTC_ROOT" "$@" > {recorded}\n')
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "XMTC_ROOT=$XMTC_ROOT" "$@" > {recorded}\nenv > {tmp_path / "sbatch_env"}\n')
     fake.chmod(0o755)
 
     def run(*args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[str] | None]:
@@ -69,6 +69,32 @@ def test_bad_input_is_refused_before_submitting(submit, env, message):
     assert argv is None, "sbatch ran although the input was refused"
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_array_args_become_a_checked_job_array(submit, tmp_path):
+    sweep = tmp_path / "sweep.txt"
+    sweep.write_text("--train.lr 0.01\n--train.lr 0.02 --train.seed 3\r\n--train.weight_decay 0.5\n")
+    done, argv = submit(SINGLE, "--", "--train.max_steps", "5", XMTC_CONFIG="debug_xml_cnn", XMTC_ARRAY_ARGS=str(sweep))
+    assert done.returncode == 0, done.stderr
+    assert argv[1:] == ["--array=1-3", SINGLE, "--train.max_steps", "5"]
+    assert f"XMTC_ARRAY_ARGS={sweep}" in (tmp_path / "sbatch_env").read_text().splitlines()
+    # An --array of the user's (a subset, a concurrency limit) is kept as given.
+    done, argv = submit(SINGLE, "--array=2-3%1", XMTC_CONFIG="debug_xml_cnn", XMTC_ARRAY_ARGS=str(sweep))
+    assert done.returncode == 0, done.stderr
+    assert argv[1:] == ["--array=2-3%1", SINGLE]
+
+
+@pytest.mark.parametrize("lines, message", [
+    ("--train.lr 0.01\n--train.lr_typo 0.02\n", "line 2: config key 'train.lr_typo' is unknown"),
+    ("--train.lr 0.01\n\n--train.lr 0.03\n", "line 2 is empty; line N holds the overrides of array task N"),
+    ("", "is empty; give one line of trainer overrides per array task"),
+])
+def test_a_bad_array_line_is_refused_before_submitting(submit, tmp_path, lines, message):
+    sweep = tmp_path / "sweep.txt"
+    sweep.write_text(lines)
+    done, argv = submit(SINGLE, XMTC_CONFIG="debug_xml_cnn", XMTC_ARRAY_ARGS=str(sweep))
+    assert done.returncode == 2 and argv is None
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_missing_batch_script_is_refused(submit):
