@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 # DeepSpeed JIT-builds a small shared-memory op on first use: keep the build between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export PYTHONUNBUFFERED := 1
-NPROC ?= 2
+# Two ranks (gloo CPU processes without a GPU), one on a one-GPU machine: two ranks cannot share a GPU.
+NPROC ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); [ "$$n" = 1 ] && echo 1 || echo 2)
 CONFIG ?= xml_cnn_synthetic
 ARGS ?=
 # PyTorch's CPU wheel index for a CPU machine whose pip would otherwise take the CUDA build from PyPI

@@ -14,6 +14,7 @@
 #   memory         python -m xmtc.memory --measure on xml_cnn_670k: allocator peak vs prediction, snapshot
 #   e2e_triton     xml_cnn_670k (synthetic, bf16) trained E2E_STEPS steps with model.kernels triton ...
 #   e2e_torch      ... and with torch: samples/s and peak memory side by side
+#   two_ranks_one_gpu  (one-GPU machines) deepspeed --num_gpus 2: must stop with the two-ranks-one-GPU sentence
 #   kernel_tests   the rest of tests/kernels (CI runs them interpreted), compiled for the GPU
 #   memory_bench   tests/benchmarks/bench_memory.py on the GPU: one JSON record per config x ZeRO stage
 # Expected on an H200 (estimates, no run yet): about 6 minutes of stages, plus the machine's start.
@@ -90,6 +91,13 @@ for backend in "${backends[@]}"; do
         --master_port $(( 29500 + RANDOM % 1000 )) launch/train.py "${e2e[@]}" --model.kernels "$backend" \
         --train.output_dir "$R/e2e_$backend" --train.progress false --train.log_every 10
 done
+if [ "$SMOKE" != 1 ] && [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" = 1 ]; then
+    # Two ranks on the one GPU: passes when the run stops at start-up with the trainer's sentence.
+    stage two_ranks_one_gpu 60 bash -c 'out=$("$@" 2>&1); rc=$?; printf "%s\n" "$out"; echo "launcher exit $rc"
+        [ "$rc" -ne 0 ] && grep -q "both run on .* GPU " <<<"$out"' _ "$PY" -m deepspeed.launcher.runner --num_gpus 2 \
+        --master_port $(( 29500 + RANDOM % 1000 )) launch/train.py --config debug_xml_cnn --train.max_steps 2 \
+        --train.output_dir "$R/two_ranks" --train.progress false
+fi
 stage kernel_tests 120 "$PY" -m pytest -q -p no:cacheprovider --timeout 100 -rs "${tests[@]}"
 XMTC_MEMORY_BENCH_DIR="$R/memory_bench" XMTC_MEMORY_BENCH_RANKS=1 stage memory_bench 150 "$PY" -m pytest -q \
     -p no:cacheprovider tests/benchmarks/bench_memory.py --benchmark-only "${memory_bench[@]}"

@@ -125,7 +125,34 @@ def setup(parallel: ParallelConfig, device: str = "auto", local_rank_arg: int | 
             )
     if backend == "gloo":  # one launched process gets a workspace too
         release_shm_workspace(dist.get_rank())
+    if dev.type == "cuda" and (uuid := getattr(torch.cuda.get_device_properties(dev), "uuid", None)) is not None:
+        check_one_process_per_device(f"{socket.gethostname()} GPU {uuid}")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend)
+
+
+def check_one_process_per_device(device: str) -> None:
+    """ConfigError on every rank (said by rank 0) when two ranks run on one device (`device` names it, host
+    included): more processes per node than visible GPUs (`deepspeed --num_gpus 2` on a one-GPU machine) put
+    two ranks on cuda:0, which NCCL refuses at the first collective with "Duplicate GPU detected". A rank
+    that sees only its own GPU (cgroups, --gpus-per-task) maps local rank k to cuda:0 rightly, so the
+    devices themselves are compared, through the rendezvous store (no NCCL call)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    try:
+        store = dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):  # no default store to use: NCCL will say it
+        return
+    rank, world = dist.get_rank(), dist.get_world_size()
+    store.set(f"xmtc/device/{rank}", device)
+    devices = [store.get(f"xmtc/device/{r}").decode() for r in range(world)]
+    first: dict[str, int] = {}
+    for r, d in enumerate(devices):
+        if d in first:
+            raise ConfigError(
+                f"ranks {first[d]} and {r} both run on {d}: this node has more ranks than visible GPUs; start one "
+                "rank per GPU (deepspeed --num_gpus, torchrun --nproc_per_node, --ntasks-per-node = the GPUs per node) "
+                "or train on the CPU (--train.device cpu)", echo=rank == 0)
+        first[d] = r
 
 
 def teardown() -> None:
