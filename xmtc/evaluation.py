@@ -36,6 +36,10 @@ def evaluate(model, dataset, cfg: Config, data_rank: int, data_world_size: int, 
     num_labels = len(label_counts)
     ks = tuple(cfg.eval.ks)
     depth = min(max(max(ks), cfg.eval.max_predictions), num_labels)
+    if getattr(module, "predicts_sets", False):
+        # The whole emitted set: without sgm.mask labels repeat, so a set of <= num_labels labels can span
+        # more decoding steps than num_labels (repeats count once, at their first place: MetricSums.add).
+        depth = max(depth, module.max_set_size)
     inv_p = 1.0 / propensity(label_counts, num_train_docs, cfg.eval.psp_a, cfg.eval.psp_b)
     sums = MetricSums(ks, num_labels)
     mine = eval_range(len(dataset), data_rank, data_world_size)

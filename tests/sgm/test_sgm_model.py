@@ -283,3 +283,34 @@ def test_predict_prints_the_whole_emitted_set_whatever_k():
     lines = predict_lines(model, corpus, texts, k=3, max_len=10)
     assert [[pair.split(":")[0] for pair in line.split()] for line in lines] == [
         [f"L{i}" for i in row if i >= 0] for row in emitted.tolist()]
+
+
+def test_unmasked_decoding_is_scored_on_its_whole_emitted_set():
+    # Without the mask SGM repeats labels; with fewer labels (3) than decoding steps (8) the evaluation depth
+    # min(max k, max_predictions, labels) = 3 cut the emitted sequence, and a label first emitted at step 4+
+    # fell out of the predicted set. The set metrics must see every emitted label.
+    import datasets
+    import numpy as np
+
+    from xmtc.evaluation import evaluate
+    from xmtc.metrics import MetricSums, propensity
+
+    cfg, model = tiny_model(3, 40, "--sgm.mask", "false", "--sgm.max_decode_len", "8", "--sgm.beam_size", "1", seed=1)
+    model.eval()
+    ids, lengths = token_batch(16, 10, 40, seed=1)
+    with torch.no_grad():
+        _, emitted = model(ids, lengths=lengths, topk=8)
+    emitted = emitted.numpy()
+    late = [row for row in emitted if {x for x in row[3:] if x >= 0} - set(row[:3])]
+    assert late, "no document emits a new label after step 3: the case under test does not occur"
+    true = [[0], [1, 2], [2], [0, 1]] * 4
+    rows = {"input_ids": [r[: int(n)].tolist() for r, n in zip(ids, lengths)], "labels": true}
+    counts = np.array([5, 4, 3])
+    got = evaluate(model, datasets.Dataset.from_dict(rows), cfg, 0, 1, torch.device("cpu"), counts, 16)
+    sums = MetricSums(tuple(cfg.eval.ks), 3)
+    offsets = np.cumsum([0] + [len(t) for t in true])
+    sums.add(emitted, emitted >= 0, np.array([x for t in true for x in t]), offsets,
+             1.0 / propensity(counts, 16, cfg.eval.psp_a, cfg.eval.psp_b))
+    want = sums.result()
+    for key in ("micro_precision", "micro_recall", "micro_f1", "hamming_loss", "P@1", "P@3"):
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
