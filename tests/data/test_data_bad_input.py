@@ -220,6 +220,36 @@ def test_jsonl_lines_are_parsed_in_python_only_when_pyarrow_refuses_one(tmp_path
         load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test)), SyntheticConfig())
 
 
+def test_jsonl_nested_too_deeply_is_a_bad_line_not_a_crash(tmp_path, make_cfg):
+    # datasets refuses a whole file for one record nested 64 levels deep, and pyarrow's parser overflows its stack
+    # on deeper ones (measured: 10,000 levels read, 30,000 kill the process); such a record is one bad line.
+    import subprocess
+    import sys
+
+    from xmtc.data.readers import MAX_JSON_DEPTH
+
+    good = [json.dumps({"text": t, "labels": l.split()}) for t, l in zip(TRAIN_TEXTS, TRAIN_LABELS)]
+    test = write_lines(tmp_path / "test.jsonl", [json.dumps({"text": "apple", "labels": ["a"]})])
+    for depth in (MAX_JSON_DEPTH, 100_000):
+        deep = '{"text": "x", "labels": ["a"], "deep": ' + "[" * depth + "]" * depth + "}"
+        # Within the limit, with more brackets than it in a string: kept.
+        shallow = '{"text": "' + "[{" * 40 + '", "labels": ["b"], "deep": ' + "[" * 60 + "]" * 60 + "}"
+        train = write_lines(tmp_path / "train.jsonl", [good[0], deep, shallow, *good[1:]])
+        script = (
+            "import sys; from xmtc.config import DataConfig, DataError, SyntheticConfig; from xmtc.data import load_corpus\n"
+            "kw = dict(format='table', train_file=sys.argv[1], test_file=sys.argv[2], cache_dir=sys.argv[3])\n"
+            "c = load_corpus(DataConfig(bad_lines='skip', **kw), SyntheticConfig())\n"
+            "print(len(c.train), c.stats['train_skipped_malformed'])\n"
+            "try:\n    load_corpus(DataConfig(**kw), SyntheticConfig())\nexcept DataError as e:\n    print(e)\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", script, str(train), str(test), str(tmp_path / f"cache{depth}")],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (depth, proc.returncode, proc.stderr[-2000:])
+        kept, message = proc.stdout.splitlines()[-2:]
+        assert kept == f"{len(good) + 1} 1"
+        assert message == f"{train} line 2 nests JSON {depth + 1} levels deep (at most {MAX_JSON_DEPTH} are read); each line must be one JSON object"
+
+
 def test_a_label_with_a_line_break_is_refused(tmp_path, make_cfg):
     train = write_lines(tmp_path / "train.jsonl", [json.dumps({"text": "apple", "labels": ["a"]}),
                                                    json.dumps({"text": "fig", "labels": ["b", "c\rd"]})])

@@ -12,6 +12,7 @@ import codecs
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -232,24 +233,52 @@ def table_loader(path_str: str, key: str) -> str:
     return loader
 
 
-def _record_lines(path: Path) -> tuple[list[int], list[int]]:
-    """Text tables -> (1-based numbers of the non-blank lines, of the lines that are not UTF-8). No JSON is
-    parsed here: in JSON Lines that pyarrow reads whole, record i is on line [i]."""
-    records, undecodable = [], []
+MAX_JSON_DEPTH = 63
+"""A record nested deeper (its own braces included) is a bad line: `datasets` refuses the whole file at 64
+("Recursion level in ArrowSchema struct exceeded", measured), and pyarrow's parser overflows its stack and kills
+the process somewhere between 10,000 and 30,000 levels (measured)."""
+
+CRASH_SCAN = 5_000
+"""Lines with more brackets than this are measured before pyarrow sees the file (two str.count calls per line;
+ordinary texts never pay more); shallower excess is found after datasets refuses the file."""
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _json_depth_problem(line: str, measure_above: int = MAX_JSON_DEPTH) -> str | None:
+    """Why a line nests too deeply, or None; measured (strings left out) only when the line holds more than
+    `measure_above` opening brackets, else two str.count calls."""
+    if line.count("[") + line.count("{") <= measure_above:
+        return None
+    import numpy as np
+
+    code = np.frombuffer(_STRING.sub('""', line).encode("utf-8"), dtype=np.uint8)
+    steps = np.isin(code, (ord("["), ord("{"))).astype(np.int64) - np.isin(code, (ord("]"), ord("}")))
+    depth = int(np.cumsum(steps).max(initial=0))
+    return f"nests JSON {depth} levels deep (at most {MAX_JSON_DEPTH} are read)" if depth > MAX_JSON_DEPTH else None
+
+
+def _record_lines(path: Path, jsonl: bool = False) -> tuple[list[int], list[int], list[int]]:
+    """Text tables -> 1-based numbers of (the non-blank lines, the lines that are not UTF-8, with `jsonl` the
+    lines nested too deeply for pyarrow). No JSON is parsed here: in JSON Lines that pyarrow reads whole,
+    record i is on line [i]."""
+    records, undecodable, deep = [], [], []
     for i, line in enumerate(read_lines(path)):
         if line is None:
             undecodable.append(i + 1)
         elif line.strip(JSON_WHITESPACE):
-            records.append(i + 1)
-    return records, undecodable
+            (deep if jsonl and _json_depth_problem(line, CRASH_SCAN) else records).append(i + 1)
+    return records, undecodable, deep
 
 
 def _scan_text_table(path: Path) -> list[int]:
     """Text tables: name the first line that is not UTF-8 (the `datasets` readers would not).
     Returns the 1-based numbers of the non-blank lines."""
-    records, undecodable = _record_lines(path)
+    records, undecodable, deep = _record_lines(path, jsonl=path.suffix.lower() == ".jsonl")
     if undecodable:
         raise DataError(f"{path} line {undecodable[0]} is not valid UTF-8; a table file must be UTF-8 throughout")
+    if deep:
+        raise DataError(f"{path} line {deep[0]} {_json_depth_problem(read_lines(path)[deep[0] - 1])}; each line must be one JSON object")
     return records
 
 
@@ -283,8 +312,12 @@ which pyarrow refuses."""
 
 def _json_line_problem(line: str) -> str | None:
     """Why one non-blank JSON Lines line is not a record, or None."""
+    if problem := _json_depth_problem(line):
+        return problem
     try:
         value = json.loads(line)
+    except RecursionError:
+        return f"nests JSON too deeply (at most {MAX_JSON_DEPTH} levels are read)"
     except ValueError as e:
         return f"is not valid JSON ({e})"
     if not isinstance(value, dict):
@@ -417,8 +450,8 @@ def read_table(
                 # A line that is not UTF-8 or not one JSON object is one bad document: skipped and counted. The
                 # lines are parsed here only when one is not UTF-8; else pyarrow reads the file first, and only
                 # when it refuses a line (or a line holds several records) are the bad lines found and left out.
-                lines, undecodable = _record_lines(path)
-                if undecodable:
+                lines, undecodable, deep = _record_lines(path, jsonl=True)
+                if undecodable or deep:
                     lines, skipped, source = _jsonl_without_bad_lines(path, copy)
             else:
                 lines = _scan_text_table(path)
