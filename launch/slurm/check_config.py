@@ -13,6 +13,7 @@ the others: the last override wins); every line is checked and the number of lin
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -23,9 +24,11 @@ USAGE = "usage: python launch/slurm/check_config.py [--array-args FILE] CONFIG [
 
 
 def array_lines(path: str) -> list[list[str]]:
-    """Each line's overrides, split on spaces as train_job.sh splits them (`read -r -a`, a CR removed)."""
+    """Each line's overrides, read as train_job.sh reads them: lines end at "\\n" only (`grep -c`, `sed -n Np`),
+    one trailing CR is dropped, words are split on spaces and tabs (`read -r -a`); any other white space
+    (a CR inside a line, a form feed, U+00A0) would split differently there, so it is refused here."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", newline="") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"XMTC_ARRAY_ARGS={path} cannot be read ({e}); give a text file, line N the overrides of array task N")
@@ -36,7 +39,12 @@ def array_lines(path: str) -> list[list[str]]:
         raise UserError(f"XMTC_ARRAY_ARGS={path} is empty; give one line of trainer overrides per array task")
     out = []
     for number, line in enumerate(lines, start=1):
-        words = line.split()
+        line = line[:-1] if line.endswith("\r") else line
+        odd = next((c for c in line if c.isspace() and c not in " \t"), None)
+        if odd is not None:
+            raise UserError(f"XMTC_ARRAY_ARGS={path} line {number} holds the white space {odd!r} (U+{ord(odd):04X}); "
+                            "separate the overrides with spaces or tabs, one task per line")
+        words = [w for w in re.split(r"[ \t]+", line) if w]
         if not words:
             raise UserError(f"XMTC_ARRAY_ARGS={path} line {number} is empty; line N holds the overrides of array task N")
         out.append(words)

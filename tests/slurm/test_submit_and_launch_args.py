@@ -88,6 +88,9 @@ def test_array_args_become_a_checked_job_array(submit, tmp_path):
     ("--train.lr 0.01\n--train.lr_typo 0.02\n", "line 2: config key 'train.lr_typo' is unknown"),
     ("--train.lr 0.01\n\n--train.lr 0.03\n", "line 2 is empty; line N holds the overrides of array task N"),
     ("", "is empty; give one line of trainer overrides per array task"),
+    # The job reads lines as grep/sed do and splits them as `read -a` does: other white space would differ there.
+    ("--train.lr 0.001\r--train.lr 0.002\r", "line 1 holds the white space '\\r' (U+000D)"),
+    ("--train.lr 0.01\n--train.lr\u00a00.02\n", "line 2 holds the white space '\\xa0' (U+00A0)"),
 ])
 def test_a_bad_array_line_is_refused_before_submitting(submit, tmp_path, lines, message):
     sweep = tmp_path / "sweep.txt"
