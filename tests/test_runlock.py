@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ import torch
 from test_train_integration import ROOT, env, launcher
 
 from xmtc.distributed import DistInfo
-from xmtc.runlock import LOCK_NAME, DirectoryInUse, RunLock
+from xmtc.runlock import LOCK_NAME, DirectoryInUse, OutputDirError, RunLock, lock_wait_s
 from xmtc.trainer import claim_output_dir
 
 HOLD = textwrap.dedent("""
@@ -61,7 +63,56 @@ def test_lock_names_its_holder_and_dies_with_it(tmp_path):
     assert mine.holder() is None and mine.acquire() is None and mine.fd is not None
     assert f'"pid": {os.getpid()}' in (out / LOCK_NAME).read_text()
     mine.release()
-    assert RunLock(out).acquire() is None
+    assert (out / LOCK_NAME).read_text() == ""  # a later refusal names no finished run
+    again = RunLock(out)
+    assert again.acquire() is None
+    again.release()
+
+
+def test_another_users_lock_file_is_locked_read_only(tmp_path, monkeypatch):
+    # In a shared directory the lock file another user created is 0644: flock needs no write access.
+    out = tmp_path / "run"
+    first = RunLock(out)
+    first.acquire()  # creates the file
+    first.release()
+    real_open = os.open
+
+    def no_write(path, flags, *mode):
+        if str(path).endswith(LOCK_NAME) and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+
+    monkeypatch.setattr(os, "open", no_write)
+    lock = RunLock(out)
+    assert lock.acquire() is None and lock.fd is not None and not lock.writable
+    monkeypatch.setattr(os, "open", real_open)
+    assert RunLock(out).acquire() == "a run that is starting"  # held, with no details written
+    lock.release()
+    again = RunLock(out)
+    assert again.acquire() is None
+    again.release()
+
+
+def test_a_requeued_job_waits_for_the_lock(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
+    monkeypatch.delenv("XMTC_LOCK_WAIT_S", raising=False)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    assert lock_wait_s() == 0.0
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # a node failure: its NFS lock outlives it until the lease ends
+    assert lock_wait_s() == 300.0
+    monkeypatch.setenv("XMTC_LOCK_WAIT_S", "soon")
+    with pytest.raises(OutputDirError, match="XMTC_LOCK_WAIT_S is 'soon'"):
+        lock_wait_s()
+    monkeypatch.setenv("XMTC_LOCK_WAIT_S", "30")
+    holder = Holder(out)
+    proc = holder.__enter__()
+    threading.Timer(2.0, holder.__exit__, args=(None, None, None)).start()  # the old holder goes after 2 s
+    lock = RunLock(out)
+    started = time.monotonic()
+    claim_output_dir(lock, info, take=True)
+    assert lock.fd is not None and 2.0 <= time.monotonic() - started < 20.0 and proc.poll() is not None
+    lock.release()
 
 
 def test_claim_before_writing_stops_the_run(tmp_path):
@@ -94,3 +145,24 @@ def test_second_run_into_a_busy_directory_exits_2_on_every_rank(tmp_path, kind):
     assert "data:" not in proc.stdout  # stopped before reading the corpus
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "metrics.jsonl"]
     assert (out / "metrics.jsonl").read_text() == '{"step": 5}\n'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["under_a_file", "labels_txt_is_a_directory"])
+def test_rank0_unable_to_write_stops_every_rank_with_one_sentence(tmp_path, case):
+    # Rank 0 fails to lock or write while rank 1 waits for it: both exit 2 at once, rank 0 says why.
+    if case == "under_a_file":
+        (tmp_path / "afile").write_text("")
+        out, message = tmp_path / "afile" / "run", f"cannot lock train.output_dir {tmp_path / 'afile' / 'run'}: [Errno 20] Not a directory"
+    else:
+        out, message = tmp_path / "run", "cannot write into train.output_dir: [Errno 21] Is a directory"
+        (out / "labels.txt").mkdir(parents=True)
+    cmd = [*launcher("deepspeed"), "launch/train.py", "--config", "debug_xml_cnn", "--train.output_dir", str(out),
+           "--data.cache_dir", str(tmp_path / "cache"), "--train.max_steps", "2", "--train.progress", "false",
+           "--parallel.timeout_minutes", "10"]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert time.monotonic() - started < 300  # not the process-group timeout
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error: " in line]
+    assert len(errors) == 1 and message in errors[0], errors

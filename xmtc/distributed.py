@@ -125,7 +125,8 @@ def setup(parallel: ParallelConfig, device: str = "auto", local_rank_arg: int | 
             )
     if backend == "gloo":  # one launched process gets a workspace too
         release_shm_workspace(dist.get_rank())
-    if dev.type == "cuda" and (uuid := getattr(torch.cuda.get_device_properties(dev), "uuid", None)) is not None:
+    # NCCL only: gloo ranks may share a GPU.
+    if backend == "nccl" and (uuid := getattr(torch.cuda.get_device_properties(dev), "uuid", None)) is not None:
         check_one_process_per_device(f"{socket.gethostname()} GPU {uuid}")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev, backend)
 

@@ -10,11 +10,14 @@ before it writes anything.
 flock locks die with their process (a killed run leaves no stale lock) and are seen across the
 nodes of NFS (Linux emulates them with NFS byte-range locks) and of Lustre mounted with `-o flock`.
 A filesystem without locks (Lustre's default `noflock`, an NFS mount without a lock daemon) gets a
-warning and no guard.
+warning and no guard. After a node failure an NFS server keeps the dead node's lock until its lease
+ends (NFSv4: 90 s by default), so a requeued job (SLURM_RESTART_COUNT > 0) waits for the lock
+(XMTC_LOCK_WAIT_S, default 300 s there, 0 elsewhere) before it gives up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -28,14 +31,31 @@ from xmtc.config import UserError
 LOCK_NAME = ".xmtc-run.lock"
 
 
-class DirectoryInUse(UserError):
-    """Another process holds the output directory's lock; the launcher prints the sentence and exits with 2."""
+class OutputDirError(UserError):
+    """The output directory cannot be locked or written; the launcher prints the sentence and exits with 2."""
+
+
+class DirectoryInUse(OutputDirError):
+    """Another process holds the output directory's lock."""
+
+
+def lock_wait_s() -> float:
+    """How long a run waits for a held lock: XMTC_LOCK_WAIT_S, else 300 s in a requeued SLURM job, else 0."""
+    given = os.environ.get("XMTC_LOCK_WAIT_S", "")
+    try:
+        restarted = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+        return max(0.0, float(given)) if given else (300.0 if restarted else 0.0)
+    except ValueError:
+        raise OutputDirError(f"XMTC_LOCK_WAIT_S is '{given}'; give the seconds a run waits for its output directory's lock") from None
 
 
 def _holder(fd: int) -> str:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
-        info = json.loads(os.read(fd, 4096).decode("utf-8"))
+        text = os.read(fd, 4096).decode("utf-8")
+        if not text:  # a run that is taking the lock now, or one that is only checking it
+            return "a run that is starting"
+        info = json.loads(text)
         where = f"pid {info['pid']} on host {info['host']}"
         if info.get("slurm_job"):
             where += f", SLURM job {info['slurm_job']}"
@@ -59,6 +79,7 @@ class RunLock:
     def __init__(self, out: Path):
         self.path = Path(out) / LOCK_NAME
         self.fd: int | None = None
+        self.writable = False
         self.unsupported = ""
 
     def holder(self) -> str | None:
@@ -84,7 +105,12 @@ class RunLock:
         if self.fd is not None:
             return None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        writable = True
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # another user's lock file (0644) in a shared directory: flock needs no write access
+            fd = os.open(self.path, os.O_RDONLY)
+            writable = False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -93,19 +119,23 @@ class RunLock:
             return holder
         except OSError as e:
             os.close(fd)
-            if not _no_locks(e):
+            if not _no_locks(e) and not (e.errno == errno.EBADF and not writable):  # NFS: a write lock needs a writable file
                 raise
             self.unsupported = f"{self.path.parent} cannot be locked ({os.strerror(e.errno)}): a second run into it would not be stopped"
             return None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID", ""),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
-        self.fd = fd
+        self.fd, self.writable = fd, writable
+        if writable:
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID", ""),
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
         return None
 
     def release(self) -> None:
         """Give the lock up (the file stays: removing it would let a third run lock a new inode beside a waiter)."""
         if self.fd is not None:
+            if self.writable:  # no details of a finished run for the next holder's refusals to name
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, 0)
             os.close(self.fd)
             self.fd = None

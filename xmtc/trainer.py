@@ -48,7 +48,7 @@ from xmtc.models.word_vectors import cached_ppmi_svd_vectors, scaled
 from xmtc.optim import build_optimizer, configured_settings, lr_lambda
 from xmtc.plots import CURVES_FILE, read_records, write_curves
 from xmtc.parallel import load_checkpoint, parallelize
-from xmtc.runlock import DirectoryInUse, RunLock, in_use_message
+from xmtc.runlock import DirectoryInUse, OutputDirError, RunLock, in_use_message, lock_wait_s
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed on a signal, run again with train.resume
 
@@ -225,15 +225,44 @@ def said_by_rank0(dist_info: DistInfo):
 
 def claim_output_dir(lock: RunLock, dist_info: DistInfo, take: bool) -> None:
     """Every rank stops (rank 0 says why) when another run holds the output directory: checked (`take`
-    False) before the data is read, and taken by rank 0 (`take` True) before the run writes anything."""
-    holder = None
+    False) before the data is read, and taken by rank 0 (`take` True) before the run writes anything.
+    A requeued job first waits for the lock (`lock_wait_s`: a failed node's NFS lock outlives it a while)."""
+    problem = None
     if dist_info.is_main:
-        holder = lock.acquire() if take else lock.holder()
-        if take and lock.unsupported:
-            print0(f"warning: {lock.unsupported}")
-    holder = from_main(holder, dist_info.device)
-    if holder is not None:
-        raise DirectoryInUse(in_use_message(lock.path.parent, holder), echo=dist_info.is_main)
+        try:
+            wait_s, waited = lock_wait_s(), 0.0
+            holder = lock.acquire() if take else lock.holder()
+            while holder is not None and waited < wait_s:
+                if waited == 0.0:
+                    print0(f"{lock.path.parent} is locked by another run ({holder}); waiting up to {wait_s:.0f} s for it")
+                time.sleep(5.0)
+                waited += 5.0
+                holder = lock.acquire() if take else lock.holder()
+            if holder is not None:
+                problem = in_use_message(lock.path.parent, holder)
+            elif take and lock.unsupported:
+                print0(f"warning: {lock.unsupported}")
+        except OutputDirError as e:
+            problem = str(e)
+        except OSError as e:  # not a directory, not writable, a full disk
+            problem = f"cannot lock train.output_dir {lock.path.parent}: {e}"
+    problem = from_main(problem, dist_info.device)
+    if problem is not None:
+        raise DirectoryInUse(problem, echo=dist_info.is_main)
+
+
+def agree_rank0_wrote(dist_info: DistInfo, write) -> None:
+    """Rank 0 runs `write()` while the others wait; an OSError there (a full disk, no permission) stops every
+    rank with one sentence, rather than leaving the others in a barrier until the process-group timeout."""
+    problem = None
+    if dist_info.is_main:
+        try:
+            write()
+        except OSError as e:
+            problem = f"cannot write into train.output_dir: {e}"
+    problem = from_main(problem, dist_info.device)
+    if problem is not None:
+        raise OutputDirError(problem, echo=dist_info.is_main)
 
 
 def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
@@ -332,8 +361,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
     if resumed:
         restore_settings = configured_settings(optimizer, scheduler) if scheduler is not None else None
         try:
-            with said_by_rank0(dist_info):  # every rank reads the same layout (reshard.check_resume_layout)
-                loaded_tag, client = load_checkpoint(engine, plan, ckpt_dir)
+            loaded_tag, client = load_checkpoint(engine, plan, ckpt_dir)  # a rank may see a file missing alone
         except RuntimeError as e:
             if not any(x in str(e) for x in ("size mismatch", "Missing key(s)", "Unexpected key(s)")):
                 raise
@@ -354,7 +382,8 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
             return done
     # Every check has passed: only now does this run write into its directory.
     claim_output_dir(lock, dist_info, take=True)
-    if dist_info.is_main:
+
+    def write_run_files() -> None:  # rank 0
         out.mkdir(parents=True, exist_ok=True)
         if resumed:
             # The evaluations after the checkpoint are logged again; at the last step only final ones exist.
@@ -383,7 +412,8 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
         cfg.save(out / "config.json")
         atomic_write_text(out / "labels.txt", "\n".join(corpus.label_names) + "\n")
         corpus.tokenizer.save(out / "tokenizer")
-    torch.distributed.barrier()
+
+    agree_rank0_wrote(dist_info, write_run_files)
 
     written: set[str] = set()  # tags this process saved (saving one again is DeepSpeed's overwrite)
 
