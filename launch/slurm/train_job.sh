@@ -81,12 +81,16 @@ fi
 
 # The batch script runs on the first node of the allocation, so a port free here is free on the head node.
 export MASTER_ADDR=${hosts[0]}
-MASTER_PORT=$("$python" - "$SLURM_JOB_ID" <<'EOF'
+pick_port() {  # pick_port [TAKEN ...]: a port free now on this node, none of TAKEN
+    "$python" - "$SLURM_JOB_ID" "$@" <<'EOF'
 import random, socket, sys
 # Job id mod 1000 owns 10 ports below the ephemeral range: jobs sharing a head node do not race for
 # one port, and a requeued start that finds its last port in TIME_WAIT takes the next.
 own = 20000 + int(sys.argv[1]) % 1000 * 10
+taken = {int(p) for p in sys.argv[2:]}
 for port in [*range(own, own + 10), *random.sample(range(20000, 30000), 200)]:
+    if port in taken:
+        continue
     with socket.socket() as s:
         try:
             s.bind(("", port))
@@ -97,30 +101,50 @@ for port in [*range(own, own + 10), *random.sample(range(20000, 30000), 200)]:
 else:
     sys.exit("error: no free TCP port found between 20000 and 29999 on the head node")
 EOF
-) || exit 2
+}
+MASTER_PORT=$(pick_port) || exit 2
 export MASTER_PORT
 cpus_per_rank=${SLURM_CPUS_PER_TASK:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$cpus_per_rank}
+hostlist=$(IFS=,; echo "${hosts[*]}")
 
-# Once one rank (or node launcher) has exited, the others get $grace seconds before SLURM kills them,
-# so a dead rank never leaves the rest waiting in a collective for the whole process-group timeout.
-# --kill-on-bad-exit=0 because 75 is not a failure: every rank exits with it after the checkpoint.
-srun_opts=(--kill-on-bad-exit=0 --wait="$grace")
+launch_ranks() {  # launch_ranks LOG_DIR: start the ranks on $MASTER_PORT, logging into LOG_DIR; sets rc
+    local dir=$1 srun_opts cmd
+    # Once one rank (or node launcher) has exited, the others get $grace seconds before SLURM kills them,
+    # so a dead rank never leaves the rest waiting in a collective for the whole process-group timeout.
+    # --kill-on-bad-exit=0 because 75 is not a failure: every rank exits with it after the checkpoint.
+    srun_opts=(--kill-on-bad-exit=0 --wait="$grace")
+    if [ "$launcher" = srun ]; then
+        # srun since 22.05 no longer takes --cpus-per-task from the allocation by itself.
+        srun_opts+=(--cpus-per-task="$cpus_per_rank" --output="$dir/rank%t.log")
+        # Until the trainer installs its handler, USR1 would kill a rank; ignoring it then loses nothing.
+        cmd=(bash -c 'trap "" USR1; exec "$@"' xmtc-rank "$python" -u launch/train.py)
+    else
+        srun_opts+=(--nodes="$nodes" --ntasks="$nodes" --ntasks-per-node=1
+            --cpus-per-task=$((cpus_per_rank * ranks_per_node)) --output="$dir/node%n.log")
+        cmd=("$python" launch/slurm/deepspeed_node.py "$hostlist" "$ranks_per_node" "$MASTER_ADDR" "$MASTER_PORT"
+            "$dir" launch/train.py)
+    fi
+    # In the background, so that the traps run at once rather than when srun has ended.
+    # The output directory last: the last override wins, and an array task's is OUTPUT_DIR/task<N>.
+    srun "${srun_opts[@]}" "${cmd[@]}" --config "$config" "${train_args[@]}" --train.output_dir "$output_dir" &
+    srun_pid=$!
+    # A trapped signal interrupts wait; keep waiting until srun itself has exited.
+    while true; do
+        wait "$srun_pid"
+        kill -0 "$srun_pid" 2>/dev/null || break
+    done
+    # srun's own status: a wait that a trap interrupted returned 128+signal, even when srun exited meanwhile
+    # (bash keeps the status of a reaped child, so this wait returns it).
+    wait "$srun_pid"
+    rc=$?
+}
+
 if [ "$launcher" = srun ]; then
-    # srun since 22.05 no longer takes --cpus-per-task from the allocation by itself.
-    srun_opts+=(--cpus-per-task="$cpus_per_rank" --output="$rank_log_dir/rank%t.log")
-    # Until the trainer installs its handler, USR1 would kill a rank; ignoring it then loses nothing.
-    cmd=(bash -c 'trap "" USR1; exec "$@"' xmtc-rank "$python" -u launch/train.py)
     rank_logs="$rank_log_dir/rank<R>.log"
 else
-    srun_opts+=(--nodes="$nodes" --ntasks="$nodes" --ntasks-per-node=1
-        --cpus-per-task=$((cpus_per_rank * ranks_per_node)) --output="$rank_log_dir/node%n.log")
-    hostlist=$(IFS=,; echo "${hosts[*]}")
-    cmd=("$python" launch/slurm/deepspeed_node.py "$hostlist" "$ranks_per_node" "$MASTER_ADDR" "$MASTER_PORT"
-        "$rank_log_dir" launch/train.py)
     rank_logs="$rank_log_dir/node<N>.log and <time>_rank<R>.log"
 fi
-
 log "start on $nodes node(s) [${hosts[*]}] x $ranks_per_node rank(s), launcher $launcher, master $MASTER_ADDR:$MASTER_PORT"
 log "config $config ${train_args[*]}"
 log "output $output_dir; rank logs $rank_logs"
@@ -129,19 +153,22 @@ trap 'log "batch shell received SIGTERM; waiting for the ranks"' TERM
 # With --signal=B:USR1@... the warning comes to this shell only: hand it to every process of the step.
 trap 'log "batch shell received SIGUSR1; passing it to the ranks"; scancel --signal=USR1 "$SLURM_JOB_ID"' USR1
 started=$(date +%s)
-# In the background, so that the traps above run at once rather than when srun has ended.
-# The output directory last: the last override wins, and an array task's is OUTPUT_DIR/task<N>.
-srun "${srun_opts[@]}" "${cmd[@]}" --config "$config" "${train_args[@]}" --train.output_dir "$output_dir" &
-srun_pid=$!
-# A trapped signal interrupts wait; keep waiting until srun itself has exited.
-while true; do
-    wait "$srun_pid"
-    kill -0 "$srun_pid" 2>/dev/null || break
+attempt_dir=$rank_log_dir
+tried=("$MASTER_PORT")
+launch_ranks "$attempt_dir"
+# The port was free when probed, but another process took it before rank 0's rendezvous store bound it
+# (the ranks take seconds to import torch). A rank that got as far as reading data was past the rendezvous;
+# before that nothing is written, so the ranks start again on another port (twice at most).
+while ((rc != 0 && rc != EXIT_REQUEUE && ${#tried[@]} < 3)) \
+    && grep -q -E 'EADDRINUSE|[Aa]ddress already in use' "$attempt_dir"/*.log 2>/dev/null \
+    && ! grep -q -E '^data: ' "$attempt_dir"/*.log 2>/dev/null; do
+    MASTER_PORT=$(pick_port "${tried[@]}") || exit 2
+    tried+=("$MASTER_PORT")
+    attempt_dir=$rank_log_dir/port-retry$((${#tried[@]} - 1))
+    mkdir -p "$attempt_dir" || die "cannot create the log directory $attempt_dir"
+    log "port ${tried[-2]} was taken before the ranks bound it (address in use); starting again on port $MASTER_PORT, rank logs in $attempt_dir"
+    launch_ranks "$attempt_dir"
 done
-# srun's own status: a wait that a trap interrupted returned 128+signal, even when srun exited meanwhile
-# (bash keeps the status of a reaped child, so this wait returns it).
-wait "$srun_pid"
-rc=$?
 
 # A rank that has checkpointed and is already exiting has no handler left, so a late USR1 kills it:
 # srun reports that as 128+10, DeepSpeed's launcher as 256-10. With a checkpoint from this start, requeue.
@@ -169,7 +196,7 @@ why=""
 ((rc > 128 && rc < 160)) && why=" (a rank was killed by signal $((rc - 128)))"
 ((rc > 192)) && why=" (a rank was killed by signal $((256 - rc)))"  # DeepSpeed's launcher exits with -signal
 log "training failed: srun exited with $rc$why"
-first_error=$(grep -l -m1 -E '^(error:|Traceback)' "$rank_log_dir"/*.log 2>/dev/null | head -n 1)
+first_error=$(grep -l -m1 -E '^(error:|Traceback)' "$attempt_dir"/*.log 2>/dev/null | head -n 1)
 if [ -n "$first_error" ]; then
     log "last lines of $first_error:"
     tail -n 6 "$first_error" | tee -a "$batch_log"

@@ -11,7 +11,7 @@ from local_cluster import ClusterUnavailable, LocalSlurm
 
 # Room for the test module's jobs to run side by side (2 ranks each); slurmd accepts more CPUs than
 # the machine has (config_overrides), the jobs only share the real cores.
-CLUSTER_CPUS = 16
+CLUSTER_CPUS = 18
 
 
 @pytest.fixture(scope="module")

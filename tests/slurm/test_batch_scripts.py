@@ -8,6 +8,7 @@ as long as its slowest job: a run that is signalled, checkpoints, is requeued an
   terminated_deepspeed the same, SIGTERM to every process of the job steps: DeepSpeed's launcher must pass on 75
   rank_killed          rank 1 is SIGKILLed at start-up; rank 0, left waiting for it, must not keep the job alive
   bad_config           a config that does not exist
+  port_taken           its master port is taken (by this test) between the probe and the ranks' bind: starts again
   array_<N>            tasks 1-3 of one job array, one rank each, task N with line N of XMTC_ARRAY_ARGS (2 lines)
 `scancel --signal=USR1 JOB` reaches every process of the job steps and not the batch shell, like the
 scripts' `#SBATCH --signal=USR1@180` near the time limit: the path users get. `scancel --batch` is the
@@ -19,6 +20,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import socket
 import signal
 import sys
 import time
@@ -46,6 +49,7 @@ class Job:
     info: dict = field(default_factory=dict)
     acted_at: float = 0.0  # when the test signalled or killed it
     ended_at: float = 0.0
+    took_port: bool = False  # port_taken: the test held the job's first port before rank 0 bound it
 
     def log(self, restart: int, rank: int) -> str:
         """The rank's log of one start of the job (srun's rank<R>.log or DeepSpeed's <time>_rank<R>.log)."""
@@ -95,7 +99,8 @@ def rank_pid(cluster, job_id: int, rank: int) -> int | None:
 def jobs(slurm_cluster, tmp_path_factory) -> dict[str, Job]:
     cluster = slurm_cluster
     work = tmp_path_factory.mktemp("slurm_jobs")
-    names = ("reference", "preempted_srun", "preempted_deepspeed", "terminated_deepspeed", "rank_killed", "bad_config")
+    names = ("reference", "preempted_srun", "preempted_deepspeed", "terminated_deepspeed", "rank_killed", "bad_config",
+             "port_taken")
     jobs = {n: Job(n, work / n) for n in names}
     cpu_node = {"XMTC_GPUS_PER_NODE": "0", "XMTC_RANKS_PER_NODE": "2", "XMTC_CPUS_PER_RANK": "1"}
     sbatch = ["sbatch", "--parsable", "--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1", "--time=20"]
@@ -117,6 +122,9 @@ def jobs(slurm_cluster, tmp_path_factory) -> dict[str, Job]:
            job_env(j, XMTC_EXIT_GRACE=str(GRACE_S), **cpu_node))
     j = jobs["bad_config"]
     submit(cluster, work, j, [*sbatch, single], job_env(j, XMTC_CONFIG="no_such_config"))
+    j = jobs["port_taken"]
+    submit(cluster, work, j, [*sbatch, single, "--train.max_steps", str(ARRAY_STEPS)], job_env(j, XMTC_EXIT_GRACE=str(GRACE_S)))
+    squatters: list[socket.socket] = []  # the port_taken job's first port, held until every job has ended
     sweep = work / "sweep.txt"
     sweep.write_text(f"--train.max_steps {ARRAY_STEPS} --train.lr 0.01\n--train.max_steps {ARRAY_STEPS} --train.lr 0.02\n")
     array = Job("array", work / "array")
@@ -134,6 +142,19 @@ def jobs(slurm_cluster, tmp_path_factory) -> dict[str, Job]:
                        "terminated_deepspeed": ["--signal=TERM"]}[j.name]
                 cluster.run("scancel", *how, str(j.job_id))
                 j.acted_at = time.monotonic()
+            if not j.acted_at and j.name == "port_taken" and (j.out / "logs").is_dir():
+                # The batch log names the port as the ranks start; they need seconds of imports before binding it.
+                found = re.search(r"master \S+:(\d+)", "".join(f.read_text() for f in (j.out / "logs").glob("*/batch.log")))
+                if found:
+                    squatter = socket.socket()
+                    try:
+                        squatter.bind(("", int(found.group(1))))
+                        squatter.listen()
+                        squatters.append(squatter)
+                        j.took_port = True
+                    except OSError:  # rank 0 was faster than the imports ever are: the test says so below
+                        squatter.close()
+                    j.acted_at = time.monotonic()
             if not j.acted_at and j.name == "rank_killed":
                 pid = rank_pid(cluster, j.job_id, rank=1)
                 if pid is not None:
@@ -148,6 +169,8 @@ def jobs(slurm_cluster, tmp_path_factory) -> dict[str, Job]:
                 cluster.run("scancel", str(j.job_id), check=False)
             pytest.fail(f"jobs {sorted(running)} did not finish within {TIMEOUT_S} s")
         time.sleep(0.5)
+    for squatter in squatters:
+        squatter.close()
     return jobs
 
 
@@ -226,3 +249,18 @@ def test_array_tasks_train_their_own_lines_in_their_own_directories(jobs):
     output = Path(job.info["StdOut"]).read_text()
     assert "error: array task 3 has no line in XMTC_ARRAY_ARGS=" in output and "(submit with --array=1-2)" in output
     assert not job.out.exists()
+
+
+def test_a_port_taken_before_the_ranks_bind_it_starts_them_again(jobs):
+    job = jobs["port_taken"]
+    assert job.acted_at, "port_taken's batch log never named its port, so it was never taken"
+    assert job.took_port, "rank 0 bound its port before this test could take it"
+    assert_completed(job, restarts=0)
+    batch = job.batch_log()
+    retried = re.search(r"port (\d+) was taken before the ranks bound it \(address in use\); starting again on port (\d+)", batch)
+    assert retried and retried.group(1) != retried.group(2), batch
+    first = job.log(restart=0, rank=0)
+    assert "EADDRINUSE" in first or "ddress already in use" in first, first[-2000:]
+    retry = (job.out / "logs" / f"slurm-{job.slurm_id}" / "restart0" / "port-retry1" / "rank0.log").read_text()
+    assert f"final metrics (step {ARRAY_STEPS}" in retry
+    assert job.final()["step"] == ARRAY_STEPS
