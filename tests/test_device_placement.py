@@ -11,8 +11,10 @@ import pytest
 
 from test_train_integration import ROOT, env, launcher
 
+# Each rank says its line in one write(2) call: print() writes the text and the newline apart, and two ranks
+# sharing torchrun's pipe then interleave ("rank 0 okrank 1 ok\n\n"); one write under PIPE_BUF is atomic.
 SCRIPT = """
-import sys, torch.distributed as dist
+import os, sys, torch.distributed as dist
 from xmtc.config import UserError
 from xmtc.distributed import check_one_process_per_device
 dist.init_process_group("gloo")
@@ -22,9 +24,9 @@ try:
     check_one_process_per_device(device)
 except UserError as e:
     if e.echo:
-        print(f"error: {e}", flush=True)
+        os.write(1, f"error: {e}\\n".encode())
     sys.exit(2)
-print(f"rank {rank} ok", flush=True)
+os.write(1, f"rank {rank} ok\\n".encode())
 """
 
 
