@@ -258,6 +258,32 @@ def test_a_label_with_a_line_break_is_refused(tmp_path, make_cfg):
         load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test), bad_lines="skip"), SyntheticConfig())
 
 
+@pytest.mark.parametrize("odd, said", [
+    (["x", ["c"]], '["c"], a list'),  # mixed with names: datasets keeps the list as JSON
+    ([{"name": "c"}], '{"name": "c"}, an object'),
+    ([True], "true, a boolean"),
+    ([2.5], "2.5, a floating-point number"),
+])
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_label_that_is_no_name_is_refused(tmp_path, make_cfg, odd, said, suffix):
+    # str() of such a label made up a name no line holds ("['c']", "{'name': 'c'}", "True"), silently.
+    records = [{"text": "apple", "labels": ["a"]}, {"text": "fig", "labels": odd}, {"text": "kiwi", "labels": ["b"]}]
+    train = write_lines(tmp_path / f"train{suffix}", [json.dumps(r) for r in records])
+    test = write_lines(tmp_path / f"test{suffix}", [json.dumps(records[0])])
+    where = f"{train} line 2" if suffix == ".jsonl" else f"{train} row 2"
+    for bad_lines in ("error", "skip"):
+        with raises(f"{where} has the label {said}; each label must be a string or an integer"):
+            load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test), bad_lines=bad_lines),
+                        SyntheticConfig())
+
+
+def test_integer_labels_are_names(tmp_path, make_cfg):
+    train = write_lines(tmp_path / "train.jsonl", [json.dumps({"text": "apple", "labels": [7, 12]}),
+                                                   json.dumps({"text": "fig", "labels": [12]})])
+    corpus = load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(train)), SyntheticConfig())
+    assert corpus.label_names == ["12", "7"] and corpus.train["labels"] == [[1, 0], [0]]
+
+
 def test_csv_cells_are_read_as_written(tmp_path, make_cfg, cache_dir):
     # pandas would guess numbers ("007" -> 7, differently per file) and missing values ("NA", "null", "").
     train = write_lines(tmp_path / "train.csv", ["text,labels", "apple pie,007", "null,NA", "fig jam,010", "kiwi,007"])

@@ -46,6 +46,22 @@ class RawSplit:
     """Where the split was read from (a file, a Hub split), for messages about the split as a whole."""
 
 
+def _kind(value: Any) -> str:
+    """A parsed value's type as JSON names it, with its article."""
+    names = {bool: "a boolean", int: "an integer", float: "a floating-point number", str: "a string",
+             list: "a list", tuple: "a list", dict: "an object"}
+    return next((name for t, name in names.items() if isinstance(value, t)), f"a {type(value).__name__}")
+
+
+def _shown(value: Any, width: int = 60) -> str:
+    """A value as the file spells it (JSON where it can be), cut to `width` characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 class SplitBuilder:
     """Accumulates documents of one split, applying the bad-lines policy to each."""
 
@@ -83,6 +99,11 @@ class SplitBuilder:
         elif isinstance(labels, int) and not isinstance(labels, bool):  # a CSV column of single numeric labels
             labels = [str(labels)]
         elif isinstance(labels, (list, tuple)):
+            # A label inside a list is a name or a number; str() of a nested list or an object would make up a
+            # label ("['a']") that no line holds.
+            odd = next((x for x in labels if x is not None and (isinstance(x, bool) or not isinstance(x, (str, int)))), None)
+            if odd is not None:
+                raise DataError(f"{labels_at} has the label {_shown(odd)}, {_kind(odd)}; each label must be a string or an integer")
             labels = [str(x).strip() for x in labels if x is not None and str(x).strip()]
             broken = next((x for x in labels if "\n" in x or "\r" in x), None)
             if broken is not None:
