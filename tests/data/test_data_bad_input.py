@@ -250,6 +250,14 @@ def test_jsonl_nested_too_deeply_is_a_bad_line_not_a_crash(tmp_path, make_cfg):
         assert message == f"{train} line 2 nests JSON {depth + 1} levels deep (at most {MAX_JSON_DEPTH} are read); each line must be one JSON object"
 
 
+def test_the_first_bad_line_is_named_before_a_deeper_one(tmp_path, make_cfg):
+    # The crash pre-scan finds line 3 (100,000 levels) before pyarrow runs; line 2 is bad too, and first.
+    deep = '{"text": "x", "labels": ["a"], "deep": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    train = write_lines(tmp_path / "train.jsonl", [json.dumps({"text": "apple", "labels": ["a"]}), '{"text": "fig",', deep])
+    with raises(f"{train} line 2 is not valid JSON ("):
+        load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(train)), SyntheticConfig())
+
+
 def test_a_label_with_a_line_break_is_refused(tmp_path, make_cfg):
     train = write_lines(tmp_path / "train.jsonl", [json.dumps({"text": "apple", "labels": ["a"]}),
                                                    json.dumps({"text": "fig", "labels": ["b", "c\rd"]})])

@@ -298,8 +298,8 @@ def _scan_text_table(path: Path) -> list[int]:
     records, undecodable, deep = _record_lines(path, jsonl=path.suffix.lower() == ".jsonl")
     if undecodable:
         raise DataError(f"{path} line {undecodable[0]} is not valid UTF-8; a table file must be UTF-8 throughout")
-    if deep:
-        raise DataError(f"{path} line {deep[0]} {_json_depth_problem(read_lines(path)[deep[0] - 1])}; each line must be one JSON object")
+    if deep:  # pyarrow would crash on it: the first bad line (this one, or an earlier malformed one) is named
+        raise DataError(_first_bad_json_line(path) or f"{path} line {deep[0]} nests JSON too deeply")
     return records
 
 
