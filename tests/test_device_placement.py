@@ -11,22 +11,19 @@ import pytest
 
 from test_train_integration import ROOT, env, launcher
 
-# Each rank says its line in one write(2) call: print() writes the text and the newline apart, and two ranks
-# sharing torchrun's pipe then interleave ("rank 0 okrank 1 ok\n\n"); one write under PIPE_BUF is atomic.
 SCRIPT = """
-import os, sys, torch.distributed as dist
+import sys, torch.distributed as dist
 from xmtc.config import UserError
-from xmtc.distributed import check_one_process_per_device
+from xmtc.distributed import check_one_process_per_device, say_error
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 device = "host-a GPU 1111-aa" if sys.argv[1] == "shared" else f"host-a GPU {rank}-aa"
 try:
     check_one_process_per_device(device)
 except UserError as e:
-    if e.echo:
-        os.write(1, f"error: {e}\\n".encode())
+    say_error(str(e))  # as launch/train.py does
     sys.exit(2)
-os.write(1, f"rank {rank} ok\\n".encode())
+sys.stdout.write(f"rank {rank} ok\\n")  # one write: print() writes the newline apart, and two ranks interleave
 """
 
 

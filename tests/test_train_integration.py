@@ -237,7 +237,7 @@ def test_model_selection_tests_the_best_validation_step(runs, tmp_path):
     (["--deepspeed.zero_optimisation", '{"stage": 2}'], "did you mean 'deepspeed.zero_optimization'?"),
 ])
 def test_an_error_every_rank_meets_is_said_once(tmp_path, override, message):
-    # Found after the data is read, alike on both ranks: rank 0 says it, rank 1 exits with 2 silently.
+    # Found after the data is read, alike on both ranks: rank 0 says it, rank 1 hears that through the store and exits with 2 without repeating it.
     proc = subprocess.run(train_cmd(tmp_path / "run", "--train.max_steps", "2", *override), cwd=ROOT, env=env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -132,7 +132,7 @@ def setup(parallel: ParallelConfig, device: str = "auto", local_rank_arg: int | 
 
 
 def check_one_process_per_device(device: str) -> None:
-    """ConfigError on every rank (said by rank 0) when two ranks run on one device (`device` names it, host
+    """ConfigError on every rank (said once, by rank 0) when two ranks run on one device (`device` names it, host
     included): more processes per node than visible GPUs (`deepspeed --num_gpus 2` on a one-GPU machine) put
     two ranks on cuda:0, which NCCL refuses at the first collective with "Duplicate GPU detected". A rank
     that sees only its own GPU (cgroups, --gpus-per-task) maps local rank k to cuda:0 rightly, so the
@@ -152,7 +152,7 @@ def check_one_process_per_device(device: str) -> None:
             raise ConfigError(
                 f"ranks {first[d]} and {r} both run on {d}: this node has more ranks than visible GPUs; start one "
                 "rank per GPU (deepspeed --num_gpus, torchrun --nproc_per_node, --ntasks-per-node = the GPUs per node) "
-                "or train on the CPU (--train.device cpu)", echo=rank == 0)
+                "or train on the CPU (--train.device cpu)")
         first[d] = r
 
 
@@ -287,6 +287,62 @@ def release_shm_workspace(rank: int) -> None:
 def print0(*args, **kwargs) -> None:
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(*args, **kwargs, flush=True)
+
+
+ERROR_WAIT_S = 20.0
+"""How long a rank other than 0 that stopped on a user error waits to learn whether rank 0 said the same (it
+hears within a second when every rank meets it); XMTC_ERROR_WAIT_S overrides. Rank 0 keeps the rendezvous
+store, which it may host, up for half as long again so that they can read it."""
+
+
+def _error_wait_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get("XMTC_ERROR_WAIT_S", ERROR_WAIT_S)))
+    except ValueError:
+        return ERROR_WAIT_S
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")  # one write: ranks sharing a launcher's pipe do not interleave within a line
+    sys.stderr.flush()
+
+
+def say_error(message: str) -> None:
+    """Print `error: message` once for the run however many ranks stop on it: rank 0 says its own, and posts
+    it in the rendezvous store; another rank says its own (as "rank N: ...") only when rank 0 did not say the
+    same within `ERROR_WAIT_S`: an error met by one rank alone (a file missing on one node) is said too.
+    Without a multi-rank process group, simply printed. Call before the process group is destroyed."""
+    store = None
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        with contextlib.suppress(AttributeError, RuntimeError, ValueError):
+            store = dist.distributed_c10d._get_default_store()
+    if store is None:
+        _say(f"error: {message}")
+        return
+    rank, world, wait_s = dist.get_rank(), dist.get_world_size(), _error_wait_s()
+    if rank == 0:
+        _say(f"error: {message}")
+        try:
+            store.set("xmtc/error/0", message)
+            deadline = time.monotonic() + 1.5 * wait_s
+            while store.add("xmtc/error/heard", 0) < world - 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except RuntimeError:  # the store is gone (its host exited): nobody is left to hear
+            pass
+        return
+    said = None
+    try:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if store.check(["xmtc/error/0"]):
+                said = store.get("xmtc/error/0").decode()
+                store.add("xmtc/error/heard", 1)
+                break
+            time.sleep(0.05)
+    except RuntimeError:  # rank 0, hosting the store, exited without posting: it said something else
+        said = None
+    if said != message:
+        _say(f"error: rank {rank}: {message}")
 
 
 def from_main(obj, device: torch.device):

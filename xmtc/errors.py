@@ -4,13 +4,8 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """A mistake in what the user gave us (config, data, paths): shown as one sentence, exit 2.
-
-    `echo` False: every rank raises it and rank 0 prints it; the others exit with 2 silently."""
-
-    def __init__(self, *args, echo: bool = True):
-        super().__init__(*args)
-        self.echo = echo
+    """A mistake in what the user gave us (config, data, paths): shown as one sentence, exit 2. Met by several
+    ranks of a run, it is said once (`xmtc.distributed.say_error`)."""
 
 
 class ConfigError(UserError):

@@ -22,7 +22,6 @@ Nothing is written before every check has passed; a fresh run sets another run's
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -212,19 +211,8 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
 
 
-@contextlib.contextmanager
-def said_by_rank0(dist_info: DistInfo):
-    """A UserError raised in here is raised alike on every rank (same config, corpus and model): rank 0 says it,
-    the others exit with 2 silently. Not for what a rank sees alone (a file missing on one node)."""
-    try:
-        yield
-    except UserError as e:
-        e.echo = e.echo and dist_info.is_main
-        raise
-
-
 def claim_output_dir(lock: RunLock, dist_info: DistInfo, take: bool) -> None:
-    """Every rank stops (rank 0 says why) when another run holds the output directory: checked (`take`
+    """Every rank stops (said once) when another run holds the output directory: checked (`take`
     False) before the data is read, and taken by rank 0 (`take` True) before the run writes anything.
     A requeued job first waits for the lock (`lock_wait_s`: a failed node's NFS lock outlives it a while)."""
     problem = None
@@ -248,7 +236,7 @@ def claim_output_dir(lock: RunLock, dist_info: DistInfo, take: bool) -> None:
             problem = f"cannot lock train.output_dir {lock.path.parent}: {e}"
     problem = from_main(problem, dist_info.device)
     if problem is not None:
-        raise DirectoryInUse(problem, echo=dist_info.is_main)
+        raise DirectoryInUse(problem)
 
 
 def agree_rank0_wrote(dist_info: DistInfo, write) -> None:
@@ -262,7 +250,7 @@ def agree_rank0_wrote(dist_info: DistInfo, write) -> None:
             problem = f"cannot write into train.output_dir: {e}"
     problem = from_main(problem, dist_info.device)
     if problem is not None:
-        raise OutputDirError(problem, echo=dist_info.is_main)
+        raise OutputDirError(problem)
 
 
 def train(cfg: Config, local_rank_arg: int | None = None) -> dict:
@@ -284,11 +272,10 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
     stop.install()
     ops.set_kernel_backend_from_config(cfg.model.kernels)
     dist_info = setup(cfg.parallel, cfg.train.device, local_rank_arg)
-    with said_by_rank0(dist_info):
-        cfg.check_batch(dist_info.world_size)
+    cfg.check_batch(dist_info.world_size)
     if cfg.model.kernels == "triton" and dist_info.device.type != "cuda" and not kernels.interpreting():
         raise ConfigError("config key 'model.kernels' is \"triton\" but this run is on the CPU; use \"auto\" or \"torch\" "
-                          "(or TRITON_INTERPRET=1 to interpret the kernels, slowly)", echo=dist_info.is_main)
+                          "(or TRITON_INTERPRET=1 to interpret the kernels, slowly)")
     out = Path(cfg.train.output_dir)
     ckpt_dir = out / "checkpoints"
     claim_output_dir(lock, dist_info, take=False)  # before minutes of reading data and building the model
@@ -303,7 +290,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
     if select and corpus.valid is None:
         raise ConfigError(
             f"config key 'train.select_metric' is \"{select}\" but the corpus has no validation split; set "
-            "data.valid_fraction (e.g. 0.1) or give the sgm corpus valid.src/valid.tgt", echo=dist_info.is_main
+            "data.valid_fraction (e.g. 0.1) or give the sgm corpus valid.src/valid.tgt"
         )
 
     torch.manual_seed(cfg.train.seed)  # identical initial parameters on every rank
@@ -318,8 +305,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
                f"({time.perf_counter() - started:.1f}s)")
     if getattr(model, "tfidf", None) is not None:
         model.tfidf.set_idf(*document_frequencies(corpus.train["input_ids"], corpus.vocab_size))
-    with said_by_rank0(dist_info):
-        plan = parallelize(model, cfg, dist_info)
+    plan = parallelize(model, cfg, dist_info)
     model = plan.model.to(dist_info.device)
     n_params = sum(p.numel() for p in model.parameters())
     print0(f"model: {cfg.model.name}, {n_params:,} parameters on rank 0, device {dist_info.device}")
@@ -331,12 +317,10 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
         raise ConfigError(
             f"the training set ({len(corpus.train)} documents) is smaller than one global batch "
             f"({cfg.micro_batch_size * cfg.grad_accum * plan.data_world_size}); lower deepspeed.train_micro_batch_size_per_gpu",
-            echo=dist_info.is_main,
         )
     total_steps = cfg.train.max_steps or max(1, int(cfg.train.epochs * sampler.steps_per_epoch))
 
-    with said_by_rank0(dist_info):
-        ds_config = plan.deepspeed_config(resolve_deepspeed_config(cfg, plan.data_world_size, dist_info.device.type))
+    ds_config = plan.deepspeed_config(resolve_deepspeed_config(cfg, plan.data_world_size, dist_info.device.type))
     leaf_types = getattr(model, "zero3_leaf_modules", None)
     if leaf_types and ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
         # Modules that run a data-dependent number of sub-module calls per forward (SGM's decoder)
@@ -344,15 +328,14 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
         deepspeed.utils.set_z3_leaf_modules(model, list(leaf_types))
     optimizer = None if "optimizer" in cfg.deepspeed else build_optimizer(cfg, model, plan)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps)) if optimizer else None
-    with said_by_rank0(dist_info):
-        engine = initialize_deepspeed(
-            ds_config,
-            model=model,
-            optimizer=optimizer,
-            model_parameters=None if optimizer else plan.param_groups([{"params": list(model.parameters())}]),
-            lr_scheduler=scheduler,
-            mpu=plan.mpu,
-        )
+    engine = initialize_deepspeed(
+        ds_config,
+        model=model,
+        optimizer=optimizer,
+        model_parameters=None if optimizer else plan.param_groups([{"params": list(model.parameters())}]),
+        lr_scheduler=scheduler,
+        mpu=plan.mpu,
+    )
 
     step, last_loss = 0, float("nan")
     best: dict | None = None  # the selected checkpoint so far (best.json's content)
@@ -365,7 +348,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
         except RuntimeError as e:
             if not any(x in str(e) for x in ("size mismatch", "Missing key(s)", "Unexpected key(s)")):
                 raise
-            raise ConfigError(model_mismatch(out / "config.json", cfg, ckpt_dir, str(e)), echo=dist_info.is_main) from None
+            raise ConfigError(model_mismatch(out / "config.json", cfg, ckpt_dir, str(e))) from None
         if restore_settings is not None and (changed := restore_settings()):
             print0(f"resumed with {', '.join(changed)} from the config, not the checkpoint's")
         step = int(client["step"])
@@ -505,7 +488,6 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
                     f"the training loss is {last_loss} at step {step}: the run diverged (lower train.lr, raise "
                     "train.warmup_steps or set deepspeed.gradient_clipping); nothing was saved for this step"
                     + (f", the newest checkpoint is {ckpt_dir / last_saved[1]}" if last_saved else ""),
-                    echo=dist_info.is_main,  # the loss is all-reduced: every rank stops here
                 )
             if bar is not None:
                 bar.update(1)

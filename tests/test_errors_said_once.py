@@ -1,0 +1,59 @@
+"""A user error met by several ranks is said once, by rank 0; one met by a rank other than 0 alone (or worded
+differently there) is said by that rank too, as "rank N: ...". Real ranks under both launchers: under
+`deepspeed` rank 0 hosts the rendezvous store, under torchrun the agent does."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from test_train_integration import ROOT, env, launcher
+
+SCRIPT = """
+import sys, torch.distributed as dist
+from xmtc.config import DataError
+from xmtc.distributed import say_error, teardown
+from xmtc.process import exit_process
+dist.init_process_group("gloo")
+rank, case = dist.get_rank(), sys.argv[-1]  # deepspeed puts --local_rank first
+messages = {
+    "same": ["train.txt line 3 is empty", "train.txt line 3 is empty"],
+    "rank1": [None, "/node-b/train.txt does not exist"],
+    "rank0": ["/node-a/train.txt does not exist", None],
+    "different": ["train.txt line 3 is empty", "train.txt line 9 is empty"],
+}[case]
+code = 0
+try:
+    if messages[rank] is None:
+        dist.barrier()  # the rank that met nothing waits for the others, as a training step would
+    else:
+        raise DataError(messages[rank])
+except DataError as e:
+    say_error(str(e))  # as launch/train.py does
+    code = 2
+finally:
+    teardown()
+exit_process(code)
+"""
+
+CASES = [
+    ("same", "deepspeed", ["error: train.txt line 3 is empty"]),
+    ("same", "torchrun", ["error: train.txt line 3 is empty"]),
+    ("rank1", "deepspeed", ["error: rank 1: /node-b/train.txt does not exist"]),
+    ("rank1", "torchrun", ["error: rank 1: /node-b/train.txt does not exist"]),
+    ("rank0", "deepspeed", ["error: /node-a/train.txt does not exist"]),
+    ("different", "torchrun", ["error: rank 1: train.txt line 9 is empty", "error: train.txt line 3 is empty"]),
+]
+
+
+@pytest.mark.parametrize("case, kind, expected", CASES, ids=[f"{c}-{k}" for c, k, _ in CASES])
+def test_a_user_error_is_said_once_per_run(tmp_path, case, kind, expected):
+    script = tmp_path / "say.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run([*launcher(kind), str(script), case], cwd=ROOT, env={**env(), "XMTC_ERROR_WAIT_S": "3"},
+                          capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    errors = sorted(line for line in output.splitlines() if line.startswith("error: "))
+    assert proc.returncode != 0 and errors == expected, output[-3000:]
+    assert "DistNetworkError" not in output and "Connection was likely closed" not in output, output[-3000:]
