@@ -258,6 +258,31 @@ def test_the_first_bad_line_is_named_before_a_deeper_one(tmp_path, make_cfg):
         load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(train)), SyntheticConfig())
 
 
+@pytest.mark.parametrize("layout", ["lines", "array"])
+def test_a_json_file_too_deep_for_pyarrow_is_refused(tmp_path, layout):
+    # A .json file in lines layout goes to pyarrow line by line, as JSON Lines does: 100,000 levels killed the
+    # process (SIGSEGV, measured). An array is parsed by ujson first, which refuses the depth itself.
+    import subprocess
+    import sys
+
+    records = [json.dumps({"text": "apple", "labels": ["a"]}),
+               '{"text": "x", "labels": ["a"], "deep": ' + "[" * 100_000 + "]" * 100_000 + "}"]
+    train = write_lines(tmp_path / "train.json", records if layout == "lines" else ["[" + ",".join(records) + "]"])
+    script = (
+        "import sys; from xmtc.config import DataConfig, DataError, SyntheticConfig; from xmtc.data import load_corpus\n"
+        "kw = dict(format='table', train_file=sys.argv[1], test_file=sys.argv[1], cache_dir=sys.argv[2])\n"
+        "try:\n    load_corpus(DataConfig(**kw), SyntheticConfig())\nexcept DataError as e:\n    print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(train), str(tmp_path / "cache")], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    said = proc.stdout.splitlines()[-1]
+    if layout == "lines":
+        assert said == f"{train} line 2 nests JSON 100001 levels deep (at most 63 are read); each line must be one JSON object"
+    else:
+        assert said.startswith(f"{train} could not be read as json: ValueError: Reached object decoding depth limit")
+
+
 def test_a_label_with_a_line_break_is_refused(tmp_path, make_cfg):
     train = write_lines(tmp_path / "train.jsonl", [json.dumps({"text": "apple", "labels": ["a"]}),
                                                    json.dumps({"text": "fig", "labels": ["b", "c\rd"]})])

@@ -292,10 +292,22 @@ def _record_lines(path: Path, jsonl: bool = False) -> tuple[list[int], list[int]
     return records, undecodable, deep
 
 
+def _json_lines_layout(path: Path) -> bool:
+    """A .jsonl file, or a .json file that `datasets` hands to pyarrow line by line: one that does not begin
+    with "[" (an array, which it parses with ujson first, whose depth limit refuses a deep record cleanly)."""
+    suffix = path.suffix.lower()
+    if suffix != ".json":
+        return suffix == ".jsonl"
+    with open(path, "rb") as f:
+        head = f.read(len(codecs.BOM_UTF8) + 1)
+    return not head.removeprefix(codecs.BOM_UTF8).startswith(b"[")
+
+
 def _scan_text_table(path: Path) -> list[int]:
-    """Text tables: name the first line that is not UTF-8 (the `datasets` readers would not).
+    """Text tables: name the first line that is not UTF-8 (the `datasets` readers would not), and in JSON
+    Lines layout the first bad line when one is too deep for pyarrow, which would crash the process on it.
     Returns the 1-based numbers of the non-blank lines."""
-    records, undecodable, deep = _record_lines(path, jsonl=path.suffix.lower() == ".jsonl")
+    records, undecodable, deep = _record_lines(path, jsonl=_json_lines_layout(path))
     if undecodable:
         raise DataError(f"{path} line {undecodable[0]} is not valid UTF-8; a table file must be UTF-8 throughout")
     if deep:  # pyarrow would crash on it: the first bad line (this one, or an earlier malformed one) is named
