@@ -27,23 +27,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(argv)
     try:
-        cfg = load_config(args.config, rest)  # before any process group: each rank says its own
-        from xmtc.distributed import say_error, teardown
-        from xmtc.trainer import EXIT_REQUEUE, Preempted, StopSignal, train
-
-        try:
-            train(cfg, args.local_rank)
-        except Preempted:
-            return EXIT_REQUEUE
-        except UserError as e:
-            say_error(str(e))  # once for the run, through the process group's store
-            return 2
-        finally:
-            StopSignal.ignore_further()  # the run is over: a late SIGUSR1/SIGTERM must not turn its exit into 138/143
-            teardown()
+        cfg = load_config(args.config, rest)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        from xmtc.distributed import say_error
+
+        say_error(str(e))  # once for the run: before any process group, through a store at its address
         return 2
+    from xmtc.distributed import say_error, teardown
+    from xmtc.trainer import EXIT_REQUEUE, Preempted, StopSignal, train
+
+    try:
+        train(cfg, args.local_rank)
+    except Preempted:
+        return EXIT_REQUEUE
+    except UserError as e:
+        say_error(str(e))  # once for the run, through the process group's store
+        return 2
+    finally:
+        StopSignal.ignore_further()  # the run is over: a late SIGUSR1/SIGTERM must not turn its exit into 138/143
+        teardown()
     return 0
 
 

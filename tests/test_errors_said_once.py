@@ -1,6 +1,7 @@
 """A user error met by several ranks is said once, by rank 0; one met by a rank other than 0 alone (or worded
 differently there) is said by that rank too, as "rank N: ...". Real ranks under both launchers: under
-`deepspeed` rank 0 hosts the rendezvous store, under torchrun the agent does."""
+`deepspeed` rank 0 hosts the rendezvous store, under torchrun the agent does; before the process group exists
+too (a config error), through a store at the group's address."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ import pytest
 from test_train_integration import ROOT, env, launcher
 
 SCRIPT = """
-import sys, torch.distributed as dist
+import os, sys, torch.distributed as dist
 from xmtc.config import DataError
 from xmtc.distributed import say_error, teardown
 from xmtc.process import exit_process
-dist.init_process_group("gloo")
-rank, case = dist.get_rank(), sys.argv[-1]  # deepspeed puts --local_rank first
+case = sys.argv[-1]  # deepspeed puts --local_rank first
+# "-early": met before the process group exists (as a config error is); a rank that meets nothing goes on to it.
+early, case = case.endswith("-early"), case.removesuffix("-early")
+if not early:
+    dist.init_process_group("gloo")
+rank = int(os.environ["RANK"])
 messages = {
     "same": ["train.txt line 3 is empty", "train.txt line 3 is empty"],
     "rank1": [None, "/node-b/train.txt does not exist"],
@@ -26,6 +31,8 @@ messages = {
 code = 0
 try:
     if messages[rank] is None:
+        if early:
+            dist.init_process_group("gloo")
         dist.barrier()  # the rank that met nothing waits for the others, as a training step would
     else:
         raise DataError(messages[rank])
@@ -44,6 +51,13 @@ CASES = [
     ("rank1", "torchrun", ["error: rank 1: /node-b/train.txt does not exist"]),
     ("rank0", "deepspeed", ["error: /node-a/train.txt does not exist"]),
     ("different", "torchrun", ["error: rank 1: train.txt line 9 is empty", "error: train.txt line 3 is empty"]),
+    # Before the process group: rank 0 hosts a store at its address (deepspeed), or the torchrun agent's is used.
+    ("same-early", "deepspeed", ["error: train.txt line 3 is empty"]),
+    ("same-early", "torchrun", ["error: train.txt line 3 is empty"]),
+    # Rank 0 goes on into the process group, whose store rank 1 reaches at the same address.
+    ("rank1-early", "deepspeed", ["error: rank 1: /node-b/train.txt does not exist"]),
+    ("rank1-early", "torchrun", ["error: rank 1: /node-b/train.txt does not exist"]),
+    ("different-early", "deepspeed", ["error: rank 1: train.txt line 9 is empty", "error: train.txt line 3 is empty"]),
 ]
 
 

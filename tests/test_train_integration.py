@@ -237,6 +237,8 @@ def test_model_selection_tests_the_best_validation_step(runs, tmp_path):
     (["--deepspeed.zero_optimisation", '{"stage": 2}'], "did you mean 'deepspeed.zero_optimization'?"),
     # Met while each rank reads the data (it was said by every rank).
     (["--data.format", "xmtc_text", "--data.path", "/nonexistent/xmtc-data"], "data.path '/nonexistent/xmtc-data' is not a directory"),
+    # Met while each rank reads the config, before any process group exists (it was said by every rank).
+    (["--train.max_step", "3"], "config key 'train.max_step' is unknown"),
 ])
 def test_an_error_every_rank_meets_is_said_once(tmp_path, override, message):
     # Found after the data is read, alike on both ranks: rank 0 says it, rank 1 hears that through the store and exits with 2 without repeating it.

@@ -307,19 +307,53 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
+def _launched_rank_world() -> tuple[int, int] | None:
+    """(rank, world size) that a launcher gave this process, read without changing the environment (as
+    `map_launcher_env` reads it); None for a lone process."""
+    env = os.environ
+    try:
+        if "RANK" in env and "WORLD_SIZE" in env:
+            return int(env["RANK"]), int(env["WORLD_SIZE"])
+        if "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
+            return int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"])
+    except ValueError:
+        pass
+    return None
+
+
+def _rendezvous_store(rank: int, wait_s: float):
+    """A store at the run's rendezvous address (MASTER_ADDR:MASTER_PORT) for an error met before the process
+    group exists (a config error): rank 0 hosts it, as it would the group's, except under torchrun, whose agent
+    already hosts one there. None where there is no address or it cannot be reached within `wait_s`."""
+    env = os.environ
+    if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+        return None
+    host = rank == 0 and env.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    try:
+        return dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), None, is_master=host,
+                             timeout=datetime.timedelta(seconds=max(1.0, wait_s)), wait_for_workers=False)
+    except (RuntimeError, ValueError, OverflowError):  # the port is taken, or rank 0 never came up
+        return None
+
+
 def say_error(message: str) -> None:
     """Print `error: message` once for the run however many ranks stop on it: rank 0 says its own, and posts
     it in the rendezvous store; another rank says its own (as "rank N: ...") only when rank 0 did not say the
     same within `ERROR_WAIT_S`: an error met by one rank alone (a file missing on one node) is said too.
-    Without a multi-rank process group, simply printed. Call before the process group is destroyed."""
-    store = None
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        with contextlib.suppress(AttributeError, RuntimeError, ValueError):
-            store = dist.distributed_c10d._get_default_store()
+    Before the process group exists (a config error) the ranks meet in a store at the group's address;
+    a lone process simply prints. Call before the process group is destroyed."""
+    store, wait_s = None, _error_wait_s()
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if world > 1:
+            with contextlib.suppress(AttributeError, RuntimeError, ValueError):
+                store = dist.distributed_c10d._get_default_store()
+    elif (launched := _launched_rank_world()) is not None and launched[1] > 1:
+        rank, world = launched
+        store = _rendezvous_store(rank, wait_s)
     if store is None:
         _say(f"error: {message}")
         return
-    rank, world, wait_s = dist.get_rank(), dist.get_world_size(), _error_wait_s()
     if rank == 0:
         _say(f"error: {message}")
         try:
