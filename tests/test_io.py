@@ -39,3 +39,36 @@ def test_rewrite_keeps_the_mode_and_a_failed_write_keeps_the_old_file(tmp_path, 
     with pytest.raises(OSError, match="disk full"):
         io.atomic_write_text(target, "half\n")
     assert target.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_a_symlink_is_followed_and_kept(tmp_path):
+    real = tmp_path / "real.txt"
+    real.write_text("old\n")
+    (tmp_path / "link.txt").symlink_to("real.txt")
+    io.atomic_write_text(tmp_path / "link.txt", "new\n")
+    assert (tmp_path / "link.txt").is_symlink() and real.read_text() == "new\n"
+    # A dangling link: the file it names is created.
+    (tmp_path / "dangling.txt").symlink_to("absent.txt")
+    io.atomic_write_text(tmp_path / "dangling.txt", "first\n")
+    assert (tmp_path / "dangling.txt").is_symlink() and (tmp_path / "absent.txt").read_text() == "first\n"
+
+
+def test_a_fifo_is_written_into_not_replaced(tmp_path):
+    import threading
+
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    io.atomic_write_text(fifo, "line 1\nline 2\n")
+    reader.join(timeout=10)
+    assert got == ["line 1\nline 2\n"] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo"]
+
+
+def test_a_directory_is_refused_and_left_alone(tmp_path):
+    (tmp_path / "outdir").mkdir()
+    with pytest.raises(OSError):
+        io.atomic_write_text(tmp_path / "outdir", "x\n")
+    assert (tmp_path / "outdir").is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["outdir"]

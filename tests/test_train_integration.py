@@ -279,3 +279,68 @@ def test_user_errors_exit_2_with_one_sentence(tmp_path):
         error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
         assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]
         assert "Failed to" not in proc.stderr, proc.stderr[-2000:]
+
+
+def _module(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+
+
+def test_predict_needs_only_the_run_directory_and_says_what_is_wrong_with_it(zero0, tmp_path):
+    out, _ = zero0
+    texts = tmp_path / "texts.txt"
+    texts.write_text("alpha beta gamma\nbeta delta\n")
+    reference = _module("xmtc.predict", "--run", str(out), "--texts", str(texts), "--k", "2")
+    assert reference.returncode == 0 and len(reference.stdout.splitlines()) == 2, reference.stderr
+
+    # A copy of the run whose config points at data that is gone: predict reads the run's labels.txt and
+    # tokenizer/, evaluate (which needs the test split) says what is missing.
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    cfg = json.loads((moved / "config.json").read_text())
+    cfg["data"].update(format="xmtc_text", path=str(tmp_path / "gone"))
+    (moved / "config.json").write_text(json.dumps(cfg))
+    alone = _module("xmtc.predict", "--run", str(moved), "--texts", str(texts), "--k", "2")
+    assert alone.returncode == 0 and alone.stdout == reference.stdout, alone.stderr
+    jsonl = _module("xmtc.predict", "--run", str(moved), "--texts", str(texts), "--k", "2", "--format", "jsonl")
+    rows = [json.loads(line) for line in jsonl.stdout.splitlines()]
+    assert [[f"{n}:{s:.4f}" for n, s in zip(r["labels"], r["scores"])] for r in rows] == [line.split() for line in reference.stdout.splitlines()]
+    evaluated = _module("xmtc.evaluate", "--run", str(moved))
+    assert evaluated.returncode == 2 and evaluated.stderr.strip().startswith("error: data.path") and "gone" in evaluated.stderr
+
+    # A label name with whitespace: the text format would be ambiguous.
+    names = (moved / "labels.txt").read_text().split("\n")
+    (moved / "labels.txt").write_text("\n".join(["New York", *names[1:]]))
+    spaced = _module("xmtc.predict", "--run", str(moved), "--texts", str(texts))
+    assert spaced.returncode == 2 and spaced.stderr.strip() == (
+        f"error: label 'New York' of {moved} holds whitespace, which would make `label:score` lines ambiguous; pass --format jsonl")
+    assert _module("xmtc.predict", "--run", str(moved), "--texts", str(texts), "--format", "jsonl").returncode == 0
+
+    # An --out that cannot be written, a config that no longer fits the checkpoint, a corrupt checkpoint.
+    (tmp_path / "outdir").mkdir()
+    to_dir = _module("xmtc.predict", "--run", str(out), "--texts", str(texts), "--out", str(tmp_path / "outdir"))
+    assert to_dir.returncode == 2 and to_dir.stderr.strip().endswith("could not be written: Is a directory"), to_dir.stderr
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    cfg = json.loads((edited / "config.json").read_text())
+    cfg["xml_cnn"]["num_filters"] = 2 * cfg["xml_cnn"]["num_filters"]
+    (edited / "config.json").write_text(json.dumps(cfg))
+    misfit = _module("xmtc.predict", "--run", str(edited), "--texts", str(texts), "--out", str(tmp_path / "p.txt"))
+    assert misfit.returncode == 2 and "does not fit the model that" in misfit.stderr and "size mismatch" in misfit.stderr, misfit.stderr
+    assert len(misfit.stderr.strip().splitlines()) == 1 and not (tmp_path / "p.txt").exists()
+    tag = (edited / "checkpoints" / "latest").read_text().strip()
+    (edited / "config.json").write_text((out / "config.json").read_text())
+    states = edited / "checkpoints" / tag / "mp_rank_00_model_states.pt"
+    states.write_bytes(states.read_bytes()[:1000])
+    for cmd in (("xmtc.predict", "--run", str(edited), "--texts", str(texts)), ("xmtc.evaluate", "--run", str(edited))):
+        corrupt = _module(*cmd)
+        assert corrupt.returncode == 2 and corrupt.stderr.strip().startswith(f"error: {states} is not a readable checkpoint ("), corrupt.stderr
+        assert corrupt.stdout == ""
+
+
+def test_evaluate_reproduces_a_bf16_run(runs, tmp_path):
+    # The run evaluated bf16 weights in bf16; evaluate did so in fp32 and its nDCG@3 differed by 7e-4.
+    out = runs / "bf16"
+    final = run_train(out, "--train.precision", "bf16", "--train.max_steps", "60", kind="python")
+    metrics = evaluate_run(out, tmp_path)
+    for key in ("P@1", "P@5", "nDCG@3", "nDCG@5", "PSP@5", "micro_precision", "micro_f1", "hamming_loss"):
+        assert metrics[key] == pytest.approx(final[key], abs=1e-9), key

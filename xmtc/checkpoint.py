@@ -8,9 +8,13 @@ DeepSpeed's own `zero_to_fp32` reassembles them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -107,31 +111,68 @@ def keep_metrics_through(path: Path, keep) -> int:
     return len(lines) - len(kept)
 
 
-def _zero_stage(tag_dir: Path) -> int:
-    plain = tag_dir / "mp_rank_00_model_states.pt"
-    if not plain.is_file():
-        if (tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt").is_file():
-            return 3  # ZeRO-3 writes only per-rank partitions
-        raise UserError(f"{tag_dir} is not a DeepSpeed checkpoint (no mp_rank_00_model_states.pt); pass another --tag")
-    states = torch.load(plain, map_location="cpu", weights_only=False)
-    return int(states.get("ds_config", {}).get("zero_optimization", {}).get("stage", 0))
+def read_checkpoint_file(path: Path) -> dict:
+    """One DeepSpeed checkpoint file, memory-mapped where it can be (a ZeRO-0 file also holds the optimizer's
+    moments, which a reader of the weights never touches); a file that cannot be read is one sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint file {path} is missing; the tag is incomplete, pass another --tag")
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=False)  # an old, non-zip file
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, OSError) as e:
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable checkpoint ({detail}); pass another --tag") from None
 
 
-def load_model_state(ckpt_dir: str | Path, tag: str | None = None) -> dict[str, torch.Tensor]:
-    """Full (unsharded) fp32 state dict of the model saved under `ckpt_dir`."""
+def _bf16(states: dict) -> bool:
+    return bool((states.get("ds_config") or {}).get("bf16", {}).get("enabled"))
+
+
+def load_checkpoint_weights(ckpt_dir: str | Path, tag: str | None = None) -> tuple[dict[str, torch.Tensor], torch.dtype]:
+    """(full, unsharded state dict in fp32, the dtype the run trained and evaluated its weights in).
+
+    bf16 runs: ZeRO 0-2 and label-sharded tags hold the bf16 weights themselves (exact in fp32); ZeRO-3 holds
+    only the fp32 master weights, of which the bf16 weights are the rounding: cast to the returned dtype, every
+    layout gives the weights the run evaluated."""
     ckpt_dir = Path(ckpt_dir)
     tag = resolve_tag(ckpt_dir, tag)
     tag_dir = ckpt_dir / tag
     if (tag_dir / "label_shards.json").is_file() or (tag_dir / "mp_rank_01_model_states.pt").is_file():
-        from xmtc.parallel.reshard import load_unsharded_state
+        from xmtc.parallel.reshard import load_shard_states, merge_module_states
 
-        return load_unsharded_state(tag_dir)
-    if _zero_stage(tag_dir) == 3:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        layout, shards = load_shard_states(tag_dir)
+        state = merge_module_states(layout, [s["module"] for s in shards])
+        return {k: v.float() for k, v in state.items()}, torch.bfloat16 if _bf16(shards[0]) else torch.float32
+    plain = tag_dir / "mp_rank_00_model_states.pt"
+    if not plain.is_file() and (tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt").is_file():
+        stage = 3  # ZeRO-3 writes only per-rank partitions
+        states = read_checkpoint_file(tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt")
+    elif not plain.is_file():
+        raise UserError(f"{tag_dir} is not a DeepSpeed checkpoint (no mp_rank_00_model_states.pt); pass another --tag")
+    else:
+        states = read_checkpoint_file(plain)
+        stage = int((states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0))
+    dtype = torch.bfloat16 if _bf16(states) else torch.float32
+    if stage != 3:
+        return {k: v.float() for k, v in states["module"].items()}, dtype
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
-    states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-    return {k: v.float() for k, v in states["module"].items()}
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # its progress lines are not results
+            return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag), dtype
+    except (RuntimeError, EOFError, ValueError, KeyError, pickle.UnpicklingError, OSError) as e:
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"the ZeRO-3 checkpoint in {tag_dir} could not be reassembled ({detail}); pass another --tag") from None
+
+
+def load_model_state(ckpt_dir: str | Path, tag: str | None = None) -> dict[str, torch.Tensor]:
+    """Full (unsharded) fp32 state dict of the model saved under `ckpt_dir`."""
+    return load_checkpoint_weights(ckpt_dir, tag)[0]
 
 
 def check_corpus_matches_run(run_dir: Path, corpus) -> None:
@@ -154,10 +195,26 @@ def tokenizer_state(tokenizer) -> tuple:
     return (tokenizer.kind, getattr(tokenizer, "words", None), getattr(tokenizer, "model_proto", None))
 
 
-def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu"):
+def run_vocabulary(run_dir: Path):
+    """What predicting needs of the corpus (tokenizer, label names and sizes), from the files the run wrote
+    beside its checkpoints (tokenizer/, labels.txt): the training data need not be at hand. None for a run
+    directory without them."""
+    from xmtc.data import load_tokenizer
+
+    labels, saved = run_dir / "labels.txt", run_dir / "tokenizer"
+    if not labels.is_file() or not (saved / "tokenizer.json").is_file():
+        return None
+    names = labels.read_bytes().decode("utf-8").split("\n")[:-1]  # "\n" only, as check_corpus_matches_run reads it
+    tokenizer = load_tokenizer(saved)
+    return SimpleNamespace(label_names=names, num_labels=len(names), tokenizer=tokenizer, vocab_size=tokenizer.vocab_size)
+
+
+def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu", need_data: bool = True):
     """(config, model with trained weights in eval mode, corpus) of a finished or running run.
 
-    Without `tag`: the selected checkpoint when the run selected one (best.json), else `latest`.
+    Without `tag`: the selected checkpoint when the run selected one (best.json), else `latest`. The model is
+    in the dtype the run evaluated in (bf16 for a bf16 run), so its numbers are the run's own. With
+    `need_data` false, `corpus` is only the tokenizer and labels the run saved (`run_vocabulary`), when it did.
     """
     from xmtc.data import load_corpus
     from xmtc.models import build_model
@@ -166,9 +223,19 @@ def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu"):
     if not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.json); pass the train.output_dir of a run")
     cfg: Config = load_config(str(run_dir / "config.json"))
-    corpus = load_corpus(cfg.data, cfg.synthetic)
-    check_corpus_matches_run(run_dir, corpus)
+    corpus = None if need_data else run_vocabulary(run_dir)
+    if corpus is None:
+        corpus = load_corpus(cfg.data, cfg.synthetic)
+        check_corpus_matches_run(run_dir, corpus)
     model = build_model(cfg, corpus.num_labels, corpus.vocab_size)
     ckpt_dir = run_dir / "checkpoints"
-    model.load_state_dict(load_model_state(ckpt_dir, resolve_tag(ckpt_dir, tag, prefer_best=True)))
-    return cfg, model.to(device).eval(), corpus
+    tag = resolve_tag(ckpt_dir, tag, prefer_best=True)
+    state, dtype = load_checkpoint_weights(ckpt_dir, tag)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:200]
+        raise UserError(f"the checkpoint {ckpt_dir / tag} does not fit the model that {run_dir / 'config.json'} builds "
+                        f"({detail}); was config.json edited after the run?") from None
+    return cfg, model.to(device=device, dtype=dtype).eval(), corpus

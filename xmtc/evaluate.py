@@ -22,24 +22,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", default=None, help="labels file matching --texts")
     p.add_argument("--json", default=None, help="also write the metrics here")
     args = p.parse_args(argv)
-    try:
-        from xmtc.checkpoint import load_run
-        from xmtc.data import encode_labeled_files
-        from xmtc.evaluation import evaluate
-        from xmtc.io import atomic_write_json
-        from xmtc.metrics import format_table
+    from xmtc.process import stdout_for_results
 
-        if (args.texts is None) != (args.labels is None):
-            raise UserError("pass --texts and --labels together (or neither, for the run's test split)")
-        cfg, model, corpus = load_run(args.run, args.tag)
-        split = corpus.test if args.texts is None else encode_labeled_files(corpus, args.texts, args.labels, cfg.data)[0]
-        metrics = evaluate(model, split, cfg, 0, 1, torch.device("cpu"), corpus.label_counts, corpus.label_counts_docs)
-        print(format_table(metrics, title=f"{args.run} ({len(split)} documents)"))
-        if args.json:
-            atomic_write_json(args.json, metrics)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with stdout_for_results() as results:  # what the libraries print while loading goes to stderr
+        try:
+            from xmtc.checkpoint import load_run
+            from xmtc.data import encode_labeled_files
+            from xmtc.evaluation import evaluate
+            from xmtc.io import atomic_write_json
+            from xmtc.metrics import format_table
+
+            if (args.texts is None) != (args.labels is None):
+                raise UserError("pass --texts and --labels together (or neither, for the run's test split)")
+            cfg, model, corpus = load_run(args.run, args.tag)
+            split = corpus.test if args.texts is None else encode_labeled_files(corpus, args.texts, args.labels, cfg.data)[0]
+            metrics = evaluate(model, split, cfg, 0, 1, torch.device("cpu"), corpus.label_counts, corpus.label_counts_docs)
+            if args.json:
+                try:
+                    atomic_write_json(args.json, metrics)
+                except OSError as e:
+                    raise UserError(f"--json {args.json} could not be written: {e.strerror or e}") from None
+            results.write(format_table(metrics, title=f"{args.run} ({len(split)} documents)") + "\n")
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -19,7 +19,14 @@ _UMASK = _umask()  # read once, at import: os.umask can only be read by setting 
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
+    """Write `data` to `path` through a temporary file renamed over it. A symlink is followed (the file it
+    names is replaced, the link kept); a path that names no regular file (/dev/stdout, a fifo, a device) is
+    written in place, since renaming over it would put a file where it was."""
+    path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file() and not path.is_dir():
+        with open(path, "wb") as f:
+            f.write(data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode = path.stat().st_mode & 0o7777  # a rewritten file keeps its mode

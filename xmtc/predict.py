@@ -2,14 +2,18 @@
 
     python -m xmtc.predict --run runs/xml_cnn_reuters --texts test_texts.txt --k 5 --out predictions.txt
 
-Writes one line per line of the texts file: `label:score label:score ...`, the k best first (for SGM:
-the whole emitted set, in order, up to sgm.max_decode_len labels, whatever --k); an empty or undecodable line gets an empty output line, so the lines stay
-aligned (counted on stderr). Bad input prints one sentence and exits with 2.
+Writes one line per line of the texts file, the k best first (for SGM: the whole emitted set, in order, up
+to sgm.max_decode_len labels, whatever --k); an empty or undecodable line gets an empty output line, so the
+lines stay aligned (counted on stderr). `--format text` (default): `label:score label:score ...`, refused for a
+run whose label names hold whitespace; `--format jsonl`: `{"labels": [...], "scores": [...]}`. Only the run
+directory is read (config.json, labels.txt, tokenizer/, checkpoints/), not the training data. Bad input prints
+one sentence and exits with 2; an --out file is written whole or not at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
@@ -17,10 +21,11 @@ import torch
 from xmtc.config import UserError
 
 
-def predict_lines(model, corpus, texts: list[str], k: int, max_len: int, batch_size: int = 256) -> list[str]:
+def predict_pairs(model, corpus, texts: list[str], k: int, max_len: int, batch_size: int = 256) -> list[list[tuple[str, float]]]:
+    """(label name, score) pairs of each text, best first."""
     from xmtc.data import collate, encode_texts
 
-    lines = []
+    out = []
     sets = getattr(model, "predicts_sets", False)
     depth = max(k, model.max_set_size) if sets else k  # a set is printed whole, never cut to k
     for start in range(0, len(texts), batch_size):
@@ -31,8 +36,20 @@ def predict_lines(model, corpus, texts: list[str], k: int, max_len: int, batch_s
             scores, idx = model(batch["input_ids"], lengths=batch["lengths"], topk=depth)
         for s_row, i_row in zip(scores.float().tolist(), idx.tolist()):
             pairs = [(corpus.label_names[i], s) for i, s in zip(i_row, s_row) if i >= 0]
-            lines.append(" ".join(f"{name}:{score:.4f}" for name, score in pairs[: k if not sets else None]))
-    return lines
+            out.append(pairs[: k if not sets else None])
+    return out
+
+
+def format_text(pairs: list[tuple[str, float]]) -> str:
+    return " ".join(f"{name}:{score:.4f}" for name, score in pairs)
+
+
+def format_jsonl(pairs: list[tuple[str, float]]) -> str:
+    return json.dumps({"labels": [name for name, _ in pairs], "scores": [round(score, 6) for _, score in pairs]}, ensure_ascii=False)
+
+
+def predict_lines(model, corpus, texts: list[str], k: int, max_len: int, batch_size: int = 256) -> list[str]:
+    return [format_text(p) for p in predict_pairs(model, corpus, texts, k, max_len, batch_size)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,31 +59,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--tag", default=None, help="checkpoint tag (default: the selected one, checkpoints/best.json, if the run selected one, else latest)")
     p.add_argument("--out", default="-", help="output file (default: stdout)")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text", help="text: label:score ...; jsonl: one JSON object per line")
     args = p.parse_args(argv)
-    try:
-        from xmtc.checkpoint import load_run
-        from xmtc.data import read_texts
-        from xmtc.data.readers import read_lines
-        from xmtc.io import atomic_write_text
+    from xmtc.process import stdout_for_results
 
-        if args.k < 1:
-            raise UserError(f"--k must be at least 1, got {args.k}")
-        texts, numbers = read_texts(args.texts, "skip")
-        total = len(read_lines(args.texts))
-        cfg, model, corpus = load_run(args.run, args.tag)
-        lines = [""] * total
-        for number, line in zip(numbers, predict_lines(model, corpus, texts, args.k, cfg.data.max_len, cfg.eval.batch_size)):
-            lines[number - 1] = line
-        if total > len(texts):
-            print(f"{args.texts}: {total - len(texts)} empty or undecodable line(s) got empty predictions", file=sys.stderr)
-        text = "".join(f"{line}\n" for line in lines)  # one output line per input line: none for an empty file
-        if args.out == "-":
-            sys.stdout.write(text)
-        else:
-            atomic_write_text(args.out, text)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with stdout_for_results() as results:  # what the libraries print while loading goes to stderr
+        try:
+            from xmtc.checkpoint import load_run
+            from xmtc.data import read_texts
+            from xmtc.data.readers import read_lines
+            from xmtc.io import atomic_write_text
+
+            if args.k < 1:
+                raise UserError(f"--k must be at least 1, got {args.k}")
+            texts, numbers = read_texts(args.texts, "skip")
+            total = len(read_lines(args.texts))
+            cfg, model, corpus = load_run(args.run, args.tag, need_data=False)
+            spaced = next((name for name in corpus.label_names if name != "".join(name.split())), None)
+            if args.format == "text" and spaced is not None:
+                raise UserError(f"label {spaced!r} of {args.run} holds whitespace, which would make `label:score` lines "
+                                "ambiguous; pass --format jsonl")
+            form = format_text if args.format == "text" else format_jsonl
+            lines = [form([])] * total
+            for number, pairs in zip(numbers, predict_pairs(model, corpus, texts, args.k, cfg.data.max_len, cfg.eval.batch_size)):
+                lines[number - 1] = form(pairs)
+            if total > len(texts):
+                print(f"{args.texts}: {total - len(texts)} empty or undecodable line(s) got empty predictions", file=sys.stderr)
+            text = "".join(f"{line}\n" for line in lines)  # one output line per input line: none for an empty file
+            if args.out == "-":
+                results.write(text)
+            else:
+                try:
+                    atomic_write_text(args.out, text)
+                except OSError as e:
+                    raise UserError(f"--out {args.out} could not be written: {e.strerror or e}") from None
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

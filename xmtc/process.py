@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import threading
+from collections.abc import Iterator
+from typing import TextIO
 
 
 def exit_process(code: int) -> None:
@@ -30,3 +33,26 @@ def exit_process(code: int) -> None:
             except (OSError, ValueError):  # closed, or its reader is gone
                 pass
         os._exit(code)
+
+
+@contextlib.contextmanager
+def stdout_for_results() -> Iterator[TextIO]:
+    """The process's standard output for its results alone: inside, file descriptor 1 (and so `sys.stdout`,
+    and what C code or a library's logger writes there: DeepSpeed's) points at stderr; the stream yielded
+    writes to the real standard output. A reader that went away (`| head`) ends the writing quietly."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    results = open(saved, "w", encoding="utf-8", closefd=True)
+    try:
+        yield results
+        results.flush()
+    except BrokenPipeError:
+        pass
+    finally:
+        sys.stdout.flush()
+        os.dup2(results.fileno(), 1)
+        try:
+            results.close()
+        except BrokenPipeError:
+            pass

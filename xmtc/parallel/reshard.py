@@ -65,9 +65,9 @@ def sharded_names(module_keys) -> list[str]:
 
 
 def _load(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"checkpoint file {path} is missing; the tag is incomplete")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    from xmtc.checkpoint import read_checkpoint_file
+
+    return read_checkpoint_file(path)
 
 
 def load_shard_states(tag_dir: Path) -> tuple[dict, list[dict]]:
