@@ -123,7 +123,7 @@ def _add_grad_features(grad_features, dz, weight, chunk_start, n, precision):
     BLOCK_H, BLOCK_K = (16, 16) if small else (64, 64)
     tiles = triton.cdiv(B, BLOCK_B) * triton.cdiv(H, BLOCK_H)
     # Split the chunk's labels so that ~2 programs per SM share the reduction.
-    splits = max(1, min(triton.cdiv(n, BLOCK_K), (2 * num_sms(dz.device)) // tiles))
+    splits = max(1, min(triton.cdiv(n, BLOCK_K), (2 * num_sms(dz.device)) // max(1, tiles)))
     split_len = triton.cdiv(triton.cdiv(n, splits), BLOCK_K) * BLOCK_K
     splits = triton.cdiv(n, split_len)
     parts = torch.empty(splits, B, H, device=dz.device, dtype=torch.float32)

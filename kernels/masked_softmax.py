@@ -23,9 +23,13 @@ from kernels import interpreting, num_sms
 @triton.jit
 def _masked_logits_tile(
     logits_ptr, emitted_ptr, rows, cols, B, L, T, stride_z, stride_e, label_offset, col_stop,
-    BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr, SKIP_CLEAN: tl.constexpr = True,
 ):
-    """fp32 logits tile with emitted and out-of-range entries at -inf, and the emitted mask."""
+    """fp32 logits tile with emitted and out-of-range entries at -inf, and the emitted mask.
+
+    SKIP_CLEAN: skip the comparisons for a tile that holds no emitted label. False where the tile feeds an fp32
+    `tl.dot` (the forward with a table): there Triton (3.6 and 3.9, sm_90) moves the mask made under that
+    data-dependent branch into the dot-operand layout and fails to lower it; bf16's cast stops it."""
     row_ok = rows < B
     ok = row_ok[:, None] & (cols < col_stop)[None, :]
     rows64 = rows.to(tl.int64)
@@ -39,8 +43,13 @@ def _masked_logits_tile(
     col0 = tl.min(cols, axis=0)
     hit = cols[None, :] < 0  # all False, [1, BLOCK_L]; broadcast below
     hit = hit & row_ok[:, None]
-    # Most tiles hold no emitted label: skip the BLOCK_B x BLOCK_L x T comparisons for them.
-    if tl.sum(((em >= col0) & (em < col0 + BLOCK_L)).to(tl.int32)) > 0:
+    if SKIP_CLEAN:
+        # Most tiles hold no emitted label: skip the BLOCK_B x BLOCK_L x T comparisons for them.
+        if tl.sum(((em >= col0) & (em < col0 + BLOCK_L)).to(tl.int32)) > 0:
+            for t in range(0, T):
+                e = tl.load(emitted_ptr + rows64 * stride_e + t, mask=row_ok, other=-1) - label_offset
+                hit = hit | (cols[None, :] == e[:, None])
+    else:
         for t in range(0, T):
             e = tl.load(emitted_ptr + rows64 * stride_e + t, mask=row_ok, other=-1) - label_offset
             hit = hit | (cols[None, :] == e[:, None])
@@ -95,7 +104,7 @@ def _forward_kernel(
         cols = l0 + tl.arange(0, BLOCK_L)
         z, hit, ok = _masked_logits_tile(
             logits_ptr, emitted_ptr, rows, cols, B, L, T, stride_z, stride_e, label_offset, seg_stop,
-            BLOCK_L, BLOCK_T,
+            BLOCK_L, BLOCK_T, not HAS_TABLE,
         )
         p = tl.exp(z - shift[:, None]) / total[:, None]
         if WRITE_P:
@@ -239,7 +248,7 @@ class _Plan:
                 self.BLOCK_D = min(128, max(16, triton.next_power_of_2(table.shape[1])))
         self.row_blocks = triton.cdiv(B, self.BLOCK_B)
         # Enough segments for ~4 programs per SM, each a whole number of label tiles.
-        want = max(1, (4 * num_sms(logits.device)) // self.row_blocks)
+        want = max(1, (4 * num_sms(logits.device)) // max(1, self.row_blocks))
         tiles = max(1, triton.cdiv(L, self.BLOCK_L))
         self.seg_len = triton.cdiv(tiles, min(want, tiles)) * self.BLOCK_L
         self.num_segs = triton.cdiv(L, self.seg_len)

@@ -82,8 +82,8 @@ fi
 stage env 60 bash -c "nvidia-smi || true; $PY -c 'import torch, triton, deepspeed, platform; \
 print(platform.python_version(), \"torch\", torch.__version__, \"triton\", triton.__version__, \"deepspeed\", deepspeed.__version__); \
 print(torch.cuda.get_device_name() if torch.cuda.is_available() else \"no CUDA device\")'"
-stage kernel_gpu 120 "$PY" -m pytest -q -p no:cacheprovider --timeout 100 -rs "${gpu_tests[@]}"
-stage bench_kernels 150 "$PY" scripts/bench_kernels.py "${bench[@]}" --out "$R/bench_kernels"
+stage kernel_gpu 150 "$PY" -m pytest -q -p no:cacheprovider --timeout 100 -rs "${gpu_tests[@]}"
+stage bench_kernels 180 "$PY" scripts/bench_kernels.py "${bench[@]}" --out "$R/bench_kernels"
 stage output_layer 60 "$PY" tests/benchmarks/bench_output_layer.py "${output_layer[@]}" --json "$R/output_layer.json"
 stage memory 90 "$PY" -m xmtc.memory "${memory[@]}" --measure --json "$R/memory.json" --plot "$R/memory.png"
 for backend in "${backends[@]}"; do

@@ -230,6 +230,12 @@ def test_model_selection_tests_the_best_validation_step(runs, tmp_path):
     for key in ("P@1", "nDCG@3", "micro_f1", "hamming_loss"):
         assert selected[key] == pytest.approx(final[key], abs=1e-6), key
     assert (last["micro_f1"], last["P@1"]) != (selected["micro_f1"], selected["P@1"])
+    # ZeRO-3's reassembly prints its progress: to stderr, not among the predictions.
+    (tmp_path / "two.txt").write_text("alpha beta\ngamma delta\n")
+    predicted = subprocess.run([sys.executable, "-m", "xmtc.predict", "--run", str(out), "--texts", str(tmp_path / "two.txt"), "--k", "2"],
+                               cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert predicted.returncode == 0 and "zero checkpoint" in predicted.stderr.lower(), predicted.stderr[-2000:]
+    assert [len(line.split()) for line in predicted.stdout.splitlines()] == [2, 2], predicted.stdout
 
 
 @pytest.mark.parametrize("override, message", [

@@ -318,3 +318,15 @@ def test_linear_topk_names_nan_scores():
     features[1, 2] = float("nan")
     with pytest.raises(FloatingPointError, match="the scores hold NaN"):
         linear_topk(features, torch.randn(10, 4), None, 2)
+
+
+def test_an_empty_batch_gives_zero_loss_and_empty_gradients(triton_backend, device):
+    # The Triton launcher divided by the number of row tiles, zero for an empty batch.
+    features = torch.randn(0, 24, device=device, requires_grad=True)
+    weight = torch.randn(40, 24, device=device, requires_grad=True)
+    bias = torch.randn(40, device=device, requires_grad=True)
+    target_idx, target_offsets = _csr([], device=device)
+    loss = fused_linear_bce(features, weight, bias, target_idx, target_offsets, chunk_size=16)
+    loss.backward()
+    assert loss.item() == 0.0 and features.grad.shape == (0, 24)
+    assert torch.count_nonzero(weight.grad) == 0 and torch.count_nonzero(bias.grad) == 0

@@ -265,3 +265,15 @@ def test_rejects_bad_inputs(torch_backend):
         masked_softmax_weighted_sum(
             logits, torch.zeros(2, 1, dtype=torch.long), torch.randn(5, 3), row_max=torch.zeros(2)
         )
+
+
+def test_an_empty_batch_gives_empty_outputs(triton_backend, device):
+    # The Triton launcher divided by the number of row blocks, zero for an empty batch.
+    logits = torch.randn(0, 37, device=device, requires_grad=True)
+    table = torch.randn(37, 20, device=device, requires_grad=True)
+    emitted = torch.zeros(0, 3, dtype=torch.long, device=device)
+    probs, e_bar = masked_softmax_weighted_sum(logits, emitted, table)
+    assert probs.shape == (0, 37) and e_bar.shape == (0, 20)
+    (e_bar.sum() + probs.sum()).backward()
+    assert logits.grad.shape == (0, 37) and torch.count_nonzero(table.grad) == 0
+    assert masked_softmax(logits.detach(), emitted).shape == (0, 37)
