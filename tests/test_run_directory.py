@@ -242,3 +242,15 @@ def test_a_signal_as_a_finished_run_exits_does_not_kill_it(tmp_path):
         time.sleep(0.0005)
     stderr = proc.communicate(timeout=60)[1]
     assert sent > 0 and proc.returncode == 0, (sent, proc.returncode, stderr[-2000:])
+
+
+def test_tag_latest_names_the_newest_checkpoint(tmp_path):
+    from xmtc.checkpoint import resolve_tag
+
+    (tmp_path / "step5").mkdir()
+    (tmp_path / "step10").mkdir()
+    (tmp_path / "latest").write_text("step10\n")
+    (tmp_path / "best.json").write_text('{"tag": "step5", "step": 5, "metric": "P@1", "value": 0.5}')
+    # `--tag latest` was refused ("checkpoint tag 'latest' does not exist"): it is the file naming the newest tag.
+    assert resolve_tag(tmp_path, "latest", prefer_best=True) == "step10"
+    assert resolve_tag(tmp_path, None, prefer_best=True) == "step5" and resolve_tag(tmp_path, "step5") == "step5"

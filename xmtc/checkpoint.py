@@ -40,6 +40,8 @@ def read_best(ckpt_dir: Path) -> dict | None:
 
 def resolve_tag(ckpt_dir: Path, tag: str | None, prefer_best: bool = False) -> str:
     """`tag` if given; else the selected tag (best.json) when `prefer_best` and the run selected one; else `latest`."""
+    if tag == "latest" and not (ckpt_dir / tag).is_dir():  # the name of the file that names the newest tag
+        tag, prefer_best = None, False
     if tag:
         if not (ckpt_dir / tag).is_dir():
             raise UserError(f"checkpoint tag '{tag}' does not exist in {ckpt_dir}")

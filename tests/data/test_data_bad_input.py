@@ -366,3 +366,14 @@ def test_read_texts(tmp_path):
     with raises(f"{mac} ends its lines with carriage returns only (classic Mac OS), so it reads as one line"):
         read_texts(mac)
     assert read_texts(write_lines(tmp_path / "one.txt", b"one doc\r"))[0] == ["one doc"]
+
+
+@pytest.mark.parametrize("encoding, name", [("utf-16", "UTF-16"), ("utf-16-be", "UTF-16"), ("utf-32", "UTF-32")])
+def test_a_utf16_or_utf32_file_is_named_not_read_as_garbage(tmp_path, encoding, name):
+    # Read as UTF-8 it gave NUL-riddled documents (and, for UTF-16, one line more than it holds).
+    text = "first doc\nsecond doc\n"
+    data = text.encode(encoding) if encoding != "utf-16-be" else b"\xfe\xff" + text.encode(encoding)
+    path = write_lines(tmp_path / "texts.txt", data)
+    with raises(f"{path} is {name} (it starts with a {name} byte-order mark), not UTF-8; convert it, e.g. iconv -f {name} -t UTF-8"):
+        read_texts(path, "skip")
+    assert read_texts(write_lines(tmp_path / "bom8.txt", "\ufeff" .encode("utf-8") + text.encode("utf-8")))[0] == ["first doc", "second doc"]

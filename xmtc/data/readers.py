@@ -134,6 +134,11 @@ def read_lines(path: str | os.PathLike) -> list[str | None]:
     data = path.read_bytes()
     if not data:
         return []
+    for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
+                      (codecs.BOM_UTF16_BE, "UTF-16")):  # UTF-32 LE's mark begins with UTF-16 LE's: it goes first
+        if data.startswith(bom):
+            raise DataError(f"{path} is {name} (it starts with a {name} byte-order mark), not UTF-8; convert it, "
+                            f"e.g. iconv -f {name} -t UTF-8")
     if data.startswith(codecs.BOM_UTF8):  # editors on Windows write one; it is not part of the first line
         data = data[len(codecs.BOM_UTF8) :]
     if b"\r" in data and b"\n" not in data and data.rstrip(b"\r").count(b"\r"):
