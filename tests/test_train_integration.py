@@ -164,6 +164,13 @@ def test_predict_and_evaluate_round_trip(zero0, runs, tmp_path):
                               cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert on_files.returncode == 0, on_files.stderr
     assert json.loads((tmp_path / "f.json").read_text())["num_docs"] == 50
+    # An empty line in the user's files: stopped with the option that skips it, which then gives 49 documents.
+    (tmp_path / "t.txt").write_text("\n".join(test_texts[:10] + [""] + test_texts[11:50]) + "\n")
+    args = ["xmtc.evaluate", "--run", str(out), "--texts", str(tmp_path / "t.txt"), "--labels", str(tmp_path / "l.txt")]
+    stopped = _module(*args)
+    assert stopped.returncode == 2 and stopped.stderr.strip().endswith("fix it or pass --bad-lines skip to skip such documents"), stopped.stderr
+    skipped = _module(*args, "--bad-lines", "skip", "--json", str(tmp_path / "s.json"))
+    assert skipped.returncode == 0 and json.loads((tmp_path / "s.json").read_text())["num_docs"] == 49, skipped.stderr
 
     texts.write_text("\n".join(test_texts[:2] + [""] + test_texts[2:5]) + "\n")  # line 3 empty
     predicted = subprocess.run([sys.executable, "-m", "xmtc.predict", "--run", str(out), "--texts", str(texts), "--k", "3"],

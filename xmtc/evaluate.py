@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import torch
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--texts", default=None, help="texts file (default: the run's test split)")
     p.add_argument("--labels", default=None, help="labels file matching --texts")
     p.add_argument("--json", default=None, help="also write the metrics here")
+    p.add_argument("--bad-lines", choices=("error", "skip"), default=None,
+                   help="an empty or undecodable line in --texts/--labels: stop (error) or skip it (default: the run's data.bad_lines)")
     args = p.parse_args(argv)
     from xmtc.process import stdout_for_results
 
@@ -35,7 +38,14 @@ def main(argv: list[str] | None = None) -> int:
             if (args.texts is None) != (args.labels is None):
                 raise UserError("pass --texts and --labels together (or neither, for the run's test split)")
             cfg, model, corpus = load_run(args.run, args.tag)
-            split = corpus.test if args.texts is None else encode_labeled_files(corpus, args.texts, args.labels, cfg.data)[0]
+            if args.texts is None:
+                split = corpus.test
+            else:
+                data = dataclasses.replace(cfg.data, bad_lines=args.bad_lines or cfg.data.bad_lines)
+                try:
+                    split = encode_labeled_files(corpus, args.texts, args.labels, data)[0]
+                except UserError as e:  # the readers' advice names the config key; here it is an option
+                    raise UserError(str(e).replace('set data.bad_lines to "skip"', "pass --bad-lines skip")) from None
             metrics = evaluate(model, split, cfg, 0, 1, torch.device("cpu"), corpus.label_counts, corpus.label_counts_docs)
             if args.json:
                 try:
