@@ -127,11 +127,16 @@ def read_checkpoint_file(path: Path) -> dict:
                 raise
             return torch.load(path, map_location="cpu", weights_only=False)  # an old, non-zip file
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, OSError) as e:
-        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable checkpoint ({detail}); pass another --tag") from None
+        raise UserError(f"{path} is not a readable checkpoint ({_first_line(e)}); pass another --tag") from None
 
 
-def _bf16(states: dict) -> bool:
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(e).__name__
+
+
+def trained_in_bf16(states: dict) -> bool:
+    """Whether the DeepSpeed model-states dict `states` is of a run that kept its weights in bf16."""
     return bool((states.get("ds_config") or {}).get("bf16", {}).get("enabled"))
 
 
@@ -145,11 +150,10 @@ def load_checkpoint_weights(ckpt_dir: str | Path, tag: str | None = None) -> tup
     tag = resolve_tag(ckpt_dir, tag)
     tag_dir = ckpt_dir / tag
     if (tag_dir / "label_shards.json").is_file() or (tag_dir / "mp_rank_01_model_states.pt").is_file():
-        from xmtc.parallel.reshard import load_shard_states, merge_module_states
+        from xmtc.parallel.reshard import load_unsharded_weights
 
-        layout, shards = load_shard_states(tag_dir)
-        state = merge_module_states(layout, [s["module"] for s in shards])
-        return {k: v.float() for k, v in state.items()}, torch.bfloat16 if _bf16(shards[0]) else torch.float32
+        state, bf16 = load_unsharded_weights(tag_dir)
+        return state, torch.bfloat16 if bf16 else torch.float32
     plain = tag_dir / "mp_rank_00_model_states.pt"
     if not plain.is_file() and (tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt").is_file():
         stage = 3  # ZeRO-3 writes only per-rank partitions
@@ -159,7 +163,7 @@ def load_checkpoint_weights(ckpt_dir: str | Path, tag: str | None = None) -> tup
     else:
         states = read_checkpoint_file(plain)
         stage = int((states.get("ds_config") or {}).get("zero_optimization", {}).get("stage", 0))
-    dtype = torch.bfloat16 if _bf16(states) else torch.float32
+    dtype = torch.bfloat16 if trained_in_bf16(states) else torch.float32
     if stage != 3:
         return {k: v.float() for k, v in states["module"].items()}, dtype
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -168,8 +172,7 @@ def load_checkpoint_weights(ckpt_dir: str | Path, tag: str | None = None) -> tup
         with contextlib.redirect_stdout(sys.stderr):  # its progress lines are not results
             return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag), dtype
     except (RuntimeError, EOFError, ValueError, KeyError, pickle.UnpicklingError, OSError) as e:
-        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"the ZeRO-3 checkpoint in {tag_dir} could not be reassembled ({detail}); pass another --tag") from None
+        raise UserError(f"the ZeRO-3 checkpoint in {tag_dir} could not be reassembled ({_first_line(e)}); pass another --tag") from None
 
 
 def load_model_state(ckpt_dir: str | Path, tag: str | None = None) -> dict[str, torch.Tensor]:

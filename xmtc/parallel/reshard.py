@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from xmtc.checkpoint import read_checkpoint_file, trained_in_bf16
 from xmtc.config import ConfigError, UserError
 from xmtc.parallel.groups import label_range
 from xmtc.parallel.optim_state import named_state_file
@@ -64,16 +65,10 @@ def sharded_names(module_keys) -> list[str]:
     raise UserError(f"the checkpoint's model has none of {SHARDED_NAMES + SGM_SHARDED_NAMES}: nothing to shard by label")
 
 
-def _load(path: Path) -> dict:
-    from xmtc.checkpoint import read_checkpoint_file
-
-    return read_checkpoint_file(path)
-
-
 def load_shard_states(tag_dir: Path) -> tuple[dict, list[dict]]:
     """(layout, the DeepSpeed model-states dict of every shard in shard order)."""
     layout = read_layout(tag_dir)
-    states = [_load(model_file(tag_dir, s)) for s in range(layout["num_shards"])]
+    states = [read_checkpoint_file(model_file(tag_dir, s)) for s in range(layout["num_shards"])]
     if "sharded" not in layout:
         layout["sharded"] = sharded_names(states[0]["module"])
     return layout, states
@@ -92,10 +87,17 @@ def merge_module_states(layout: dict, modules: list[dict]) -> dict[str, torch.Te
     return out
 
 
-def load_unsharded_state(tag_dir: str | Path) -> dict[str, torch.Tensor]:
-    """Full fp32 state dict of the model in a (label-sharded) tag: what xmtc.checkpoint loads."""
+def load_unsharded_weights(tag_dir: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """(full fp32 state dict of the model in a (label-sharded) tag, whether the run kept its weights in bf16):
+    what xmtc.checkpoint loads."""
     layout, states = load_shard_states(Path(tag_dir))
-    return {k: v.float() for k, v in merge_module_states(layout, [s["module"] for s in states]).items()}
+    full = merge_module_states(layout, [s["module"] for s in states])
+    return {k: v.float() for k, v in full.items()}, trained_in_bf16(states[0])
+
+
+def load_unsharded_state(tag_dir: str | Path) -> dict[str, torch.Tensor]:
+    """Full fp32 state dict of the model in a (label-sharded) tag."""
+    return load_unsharded_weights(tag_dir)[0]
 
 
 def split_rows(full: torch.Tensor, num_shards: int) -> list[torch.Tensor]:
