@@ -199,15 +199,15 @@ def test_jsonl_bad_lines_are_skipped_and_counted(tmp_path, make_cfg):
 
 
 def test_jsonl_lines_are_parsed_in_python_only_when_pyarrow_refuses_one(tmp_path, make_cfg, monkeypatch):
-    from xmtc.data import readers
+    from xmtc.data import tables
 
     good = [json.dumps({"text": t, "labels": l.split()}) for t, l in zip(TRAIN_TEXTS, TRAIN_LABELS)]
     train = write_lines(tmp_path / "train.jsonl", [good[0], "", *good[1:]])
     test = write_lines(tmp_path / "test.jsonl", [json.dumps({"text": t, "labels": l}) for t, l in zip(TEST_TEXTS, TEST_LABELS)])
     cfg = make_cfg(format="table", train_file=str(train), test_file=str(test), bad_lines="skip")
     parsed = []
-    real = readers._json_line_problem
-    monkeypatch.setattr(readers, "_json_line_problem", lambda line: parsed.append(line) or real(line))
+    real = tables._json_line_problem
+    monkeypatch.setattr(tables, "_json_line_problem", lambda line: parsed.append(line) or real(line))
     corpus = load_corpus(cfg, SyntheticConfig())
     assert len(corpus.train) == len(TRAIN_TEXTS) and parsed == []  # a clean file: pyarrow's parse only
     # pyarrow reads two objects on one line as two records: that line is one bad document, not two.
@@ -226,7 +226,7 @@ def test_jsonl_nested_too_deeply_is_a_bad_line_not_a_crash(tmp_path, make_cfg):
     import subprocess
     import sys
 
-    from xmtc.data.readers import MAX_JSON_DEPTH
+    from xmtc.data.tables import MAX_JSON_DEPTH
 
     good = [json.dumps({"text": t, "labels": l.split()}) for t, l in zip(TRAIN_TEXTS, TRAIN_LABELS)]
     test = write_lines(tmp_path / "test.jsonl", [json.dumps({"text": "apple", "labels": ["a"]})])

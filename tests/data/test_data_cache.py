@@ -107,7 +107,7 @@ def test_stale_temporary_directory_is_removed(small_xmtc, make_cfg, cache_dir):
 
 def test_an_unwritable_cache_serves_what_it_holds_and_refuses_to_build(tmp_path):
     from xmtc.config import DataConfig
-    from xmtc.data.readers import scratch_dir
+    from xmtc.data.tables import scratch_dir
 
     make_cfg = DataConfig
 

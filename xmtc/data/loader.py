@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 
 from xmtc.config import ConfigError, DataConfig, DataError, SyntheticConfig
-from xmtc.data import readers, synthetic, tokenizer as tok
+from xmtc.data import readers, synthetic, tables, tokenizer as tok
 from xmtc.data.cache import COMPLETE_MARKER, build_once, cache_key, file_fingerprint
 from xmtc.data.readers import RawSplit
 from xmtc.io import atomic_write_text
@@ -112,13 +112,13 @@ def source_inputs(data: DataConfig, synth: SyntheticConfig) -> tuple[dict[str, A
         return {"files": [file_fingerprint(f, data.cache_dir) for f in files]}, lambda: RawCorpus(readers.read_sgm(data.path, data.bad_lines), pretokenized=True)
     if fmt == "table":
         for file, key in ((data.train_file, "data.train_file"), (data.test_file, "data.test_file")):
-            readers.table_loader(file, key)
+            tables.table_loader(file, key)
         hf_cache = str(Path(data.cache_dir) / "hf")  # datasets' own Arrow conversion lives beside ours
         files = [file_fingerprint(data.train_file, data.cache_dir), file_fingerprint(data.test_file, data.cache_dir)]
         columns = (data.text_column, data.labels_column, data.bad_lines)
         inputs = {"files": files, "columns": [data.text_column, data.labels_column]}
-        return inputs, lambda: RawCorpus(readers.read_table(data.train_file, data.test_file, *columns, hf_cache))
-    if fmt == "hub" and (local := readers.local_hub_files(data.hub_name)) is not None:
+        return inputs, lambda: RawCorpus(tables.read_table(data.train_file, data.test_file, *columns, hf_cache))
+    if fmt == "hub" and (local := tables.local_hub_files(data.hub_name)) is not None:
         # A local directory: keyed by the content of its files, like the other formats.
         root = Path(data.hub_name)
         inputs = {
@@ -131,22 +131,22 @@ def source_inputs(data: DataConfig, synth: SyntheticConfig) -> tuple[dict[str, A
 
         def read_local() -> RawCorpus:
             with quiet_datasets():
-                return RawCorpus(readers.read_local_hub(*args))
+                return RawCorpus(tables.read_local_hub(*args))
 
         return inputs, read_local
     if fmt == "hub":
         with quiet_datasets():
-            loaded = readers.load_hub(data.hub_name, data.hub_config)
+            loaded = tables.load_hub(data.hub_name, data.hub_config)
         parts = [(data.train_split, "data.train_split"), (data.test_split, "data.test_split")]
         # The split fingerprints change when the Hub revision (or a local file) changes.
-        prints = [readers.hub_split(loaded, data.hub_name, s, k)._fingerprint for s, k in parts]
+        prints = [tables.hub_split(loaded, data.hub_name, s, k)._fingerprint for s, k in parts]
         inputs = {
             "hub": [data.hub_name, data.hub_config, data.train_split, data.test_split],
             "fingerprints": prints,
             "columns": [data.text_column, data.labels_column],
         }
         columns = (data.text_column, data.labels_column, data.bad_lines)
-        return inputs, lambda: RawCorpus(readers.read_hub(loaded, data.hub_name, data.train_split, data.test_split, *columns))
+        return inputs, lambda: RawCorpus(tables.read_hub(loaded, data.hub_name, data.train_split, data.test_split, *columns))
     if fmt == "synthetic":
         synthetic.check_synthetic(synth)
 
