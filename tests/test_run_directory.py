@@ -68,7 +68,7 @@ def test_run_directory_lifecycle(tmp_path):
     train(run, "--train.seed", "3", "--train.max_steps", "5")
     assert [r["step"] for r in records(run)] == [5] and records(run)[0]["train_loss"] != first[0]["train_loss"]
     aside = {p.name for p in run.iterdir() if ".replaced" in p.name}
-    assert aside == {f"{n}.replaced1" for n in ("config.json", "labels.txt", "tokenizer", "metrics.jsonl", "final_metrics.json", "curves.png", "checkpoints")}
+    assert aside == {f"{n}.replaced1" for n in ("config.json", "labels.txt", "tokenizer", "corpus.json", "metrics.jsonl", "final_metrics.json", "curves.png", "checkpoints")}
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl.replaced1").read_text().splitlines()] == [5, 10]
     assert (run / "checkpoints.replaced1" / "step10").is_dir() and not (run / "checkpoints" / "step10").exists()
 

@@ -357,3 +357,59 @@ def test_evaluate_reproduces_a_bf16_run(runs, tmp_path):
     metrics = evaluate_run(out, tmp_path)
     for key in ("P@1", "P@5", "nDCG@3", "nDCG@5", "PSP@5", "micro_precision", "micro_f1", "hamming_loss"):
         assert metrics[key] == pytest.approx(final[key], abs=1e-9), key
+
+
+def test_a_run_evaluates_from_anywhere_and_other_files_without_its_data(tmp_path):
+    # A run trained in a project directory with relative data paths (data.path "data", the default cache
+    # .cache/xmtc): its config.json keeps them relative, corpus.json says where they start.
+    from xmtc.config import load_config
+    from xmtc.data.synthetic import generate_synthetic
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    splits = generate_synthetic(load_config("debug_xml_cnn").synthetic).splits
+    for name in ("train", "test"):
+        (project / "data" / f"{name}_texts.txt").write_text("\n".join(splits[name].texts) + "\n")
+        (project / "data" / f"{name}_labels.txt").write_text("\n".join(" ".join(x) for x in splits[name].labels) + "\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "train.py"), "--config", "debug_xml_cnn", "--data.format", "xmtc_text",
+                           "--data.path", "data", "--train.output_dir", "runs/r", "--train.max_steps", "12", "--train.eval_every", "0"],
+                          cwd=project, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = project / "runs" / "r"
+    final = json.loads((out / "final_metrics.json").read_text())
+    record = json.loads((out / "corpus.json").read_text())
+    assert record["working_directory"] == str(project) and record["train_documents"] == 1600
+    counts = [0] * len(record["label_counts"])
+    names = (out / "labels.txt").read_text().split("\n")[:-1]
+    index = {n: i for i, n in enumerate(names)}
+    for labels in splits["train"].labels:
+        for name in set(labels):
+            counts[index[name]] += 1
+    assert record["label_counts"] == counts
+
+    # From another working directory (the repository root, which has no data/): the run's own data and cache.
+    caches = sorted(p.name for p in (project / ".cache" / "xmtc").iterdir())
+    own = evaluate_run(out, tmp_path)
+    for key in ("P@1", "nDCG@3", "PSP@5", "micro_f1", "hamming_loss"):
+        assert own[key] == pytest.approx(final[key], abs=1e-6), key
+    assert sorted(p.name for p in (project / ".cache" / "xmtc").iterdir()) == caches  # read, not rebuilt
+
+    # The data and its cache gone: other files still evaluate (PSP@k from corpus.json's counts), to the same numbers;
+    # the test split cannot, and says so.
+    shutil.copy(project / "data" / "test_texts.txt", tmp_path / "t.txt")
+    shutil.copy(project / "data" / "test_labels.txt", tmp_path / "l.txt")
+    files = ("--texts", str(tmp_path / "t.txt"), "--labels", str(tmp_path / "l.txt"))
+    with_data = evaluate_run(out, tmp_path, *files)
+    shutil.rmtree(project / "data")
+    shutil.rmtree(project / ".cache")
+    without = evaluate_run(out, tmp_path, *files)
+    assert without == with_data and without["PSP@5"] == pytest.approx(final["PSP@5"], abs=1e-6)
+    gone = _module("xmtc.evaluate", "--run", str(out))
+    assert gone.returncode == 2 and gone.stderr.strip().startswith("error: data.path 'data' (relative to the current directory"), gone.stderr
+    assert gone.stderr.strip().endswith(f"(nor under {project}, where {out} trained)") and len(gone.stderr.strip().splitlines()) == 1, gone.stderr
+    # A run without corpus.json (written before it existed): other files need its data for the label counts.
+    (out / "corpus.json").unlink()
+    older = _module("xmtc.evaluate", "--run", str(out), *files)
+    assert older.returncode == 2 and older.stderr.strip().startswith(
+        f"error: {out} has no corpus.json (it trained before runs wrote one), so the training label counts come from its data, "
+        "which could not be read: data.path 'data'"), older.stderr

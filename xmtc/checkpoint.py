@@ -9,6 +9,7 @@ DeepSpeed's own `zero_to_fp32` reassembles them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pickle
@@ -72,7 +73,12 @@ def set_aside_tag(ckpt_dir: Path, tag: str) -> Path:
     return aside
 
 
-RUN_FILES = ("config.json", "labels.txt", "tokenizer", "metrics.jsonl", "final_metrics.json", "curves.png", "checkpoints")
+CORPUS_FILE = "corpus.json"
+"""<output_dir>/corpus.json: {"working_directory", "train_documents", "label_counts"}: where the run's relative data
+paths start, and the training label counts (propensities for PSP@k), so that xmtc.evaluate of other files needs
+only the run directory."""
+
+RUN_FILES = ("config.json", "labels.txt", "tokenizer", CORPUS_FILE, "metrics.jsonl", "final_metrics.json", "curves.png", "checkpoints")
 """What a run writes into its output_dir (besides what a config points there, such as a cache)."""
 
 
@@ -200,10 +206,49 @@ def tokenizer_state(tokenizer) -> tuple:
     return (tokenizer.kind, getattr(tokenizer, "words", None), getattr(tokenizer, "model_proto", None))
 
 
+def corpus_record(corpus) -> dict:
+    """What corpus.json keeps of the corpus a run trains on (written by rank 0 beside labels.txt)."""
+    return {"working_directory": os.getcwd(), "train_documents": int(corpus.label_counts_docs),
+            "label_counts": [int(c) for c in corpus.label_counts]}
+
+
+def read_corpus_record(run_dir: Path) -> dict | None:
+    """The run's corpus.json, or None for a run that wrote none (an earlier version) or an unreadable one."""
+    path = Path(run_dir) / CORPUS_FILE
+    try:
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("label_counts"), list):
+        return None
+    return record
+
+
+DATA_PATH_KEYS = ("path", "train_file", "test_file", "cache_dir", "hub_name")
+"""The data settings that may name files, relative to the working directory of the run."""
+
+
+def rebase_data_paths(data, base: str | None):
+    """`data` (a DataConfig) with each relative path that exists under `base` (the directory the run trained
+    from) made absolute there, so that a run evaluates on its own data from any working directory. Paths that
+    do not exist there stay as they are (relative to this working directory: the run's files moved with it)."""
+    if not base or not Path(base).is_dir():
+        return data
+    changes = {}
+    for key in DATA_PATH_KEYS:
+        value = getattr(data, key)
+        if value and not Path(value).is_absolute() and (Path(base) / value).exists():
+            changes[key] = str(Path(base) / value)
+    return dataclasses.replace(data, **changes)
+
+
 def run_vocabulary(run_dir: Path):
     """What predicting needs of the corpus (tokenizer, label names and sizes), from the files the run wrote
-    beside its checkpoints (tokenizer/, labels.txt): the training data need not be at hand. None for a run
-    directory without them."""
+    beside its checkpoints (tokenizer/, labels.txt), and, where it wrote corpus.json, the training label counts
+    that evaluating other files needs (`label_counts` None otherwise): the training data need not be at hand.
+    None for a run directory without labels.txt and tokenizer/."""
+    import numpy as np
+
     from xmtc.data import load_tokenizer
 
     labels, saved = run_dir / "labels.txt", run_dir / "tokenizer"
@@ -211,15 +256,24 @@ def run_vocabulary(run_dir: Path):
         return None
     names = labels.read_bytes().decode("utf-8").split("\n")[:-1]  # "\n" only, as check_corpus_matches_run reads it
     tokenizer = load_tokenizer(saved)
-    return SimpleNamespace(label_names=names, num_labels=len(names), tokenizer=tokenizer, vocab_size=tokenizer.vocab_size)
+    record = read_corpus_record(run_dir)
+    counts = None
+    if record is not None and len(record["label_counts"]) == len(names):
+        counts = np.asarray(record["label_counts"], dtype=np.int64)
+    return SimpleNamespace(label_names=names, num_labels=len(names), tokenizer=tokenizer, vocab_size=tokenizer.vocab_size,
+                           label_index={n: i for i, n in enumerate(names)}, label_counts=counts,
+                           label_counts_docs=int(record["train_documents"]) if counts is not None else 0)
 
 
-def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu", need_data: bool = True):
+def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu", need_data: bool = True,
+             need_counts: bool = False):
     """(config, model with trained weights in eval mode, corpus) of a finished or running run.
 
     Without `tag`: the selected checkpoint when the run selected one (best.json), else `latest`. The model is
     in the dtype the run evaluated in (bf16 for a bf16 run), so its numbers are the run's own. With
-    `need_data` false, `corpus` is only the tokenizer and labels the run saved (`run_vocabulary`), when it did.
+    `need_data` false, `corpus` is only the tokenizer and labels the run saved (`run_vocabulary`), when it did,
+    and with `need_counts` its training label counts too (corpus.json). Otherwise the corpus is rebuilt (or
+    read from its cache) from config.json, whose relative data paths start where the run trained.
     """
     from xmtc.data import load_corpus
     from xmtc.models import build_model
@@ -229,8 +283,20 @@ def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu", n
         raise UserError(f"{run_dir} is not a run directory (no config.json); pass the train.output_dir of a run")
     cfg: Config = load_config(str(run_dir / "config.json"))
     corpus = None if need_data else run_vocabulary(run_dir)
-    if corpus is None:
-        corpus = load_corpus(cfg.data, cfg.synthetic)
+    if corpus is None or (need_counts and corpus.label_counts is None):
+        record = read_corpus_record(run_dir)
+        trained_in = record.get("working_directory") if record else None
+        cfg = dataclasses.replace(cfg, data=rebase_data_paths(cfg.data, trained_in))
+        try:
+            corpus = load_corpus(cfg.data, cfg.synthetic)
+        except UserError as e:
+            if need_counts and record is None:
+                raise UserError(f"{run_dir} has no {CORPUS_FILE} (it trained before runs wrote one), so the training label "
+                                f"counts come from its data, which could not be read: {e}") from None
+            unfound = [v for k in DATA_PATH_KEYS if (v := getattr(cfg.data, k)) and not Path(v).is_absolute()]
+            if trained_in and Path(trained_in) != Path.cwd() and any(f"'{v}'" in str(e) or f"{v}/" in str(e) for v in unfound):
+                raise UserError(f"{e} (nor under {trained_in}, where {run_dir} trained)") from None
+            raise
         check_corpus_matches_run(run_dir, corpus)
     model = build_model(cfg, corpus.num_labels, corpus.vocab_size)
     ckpt_dir = run_dir / "checkpoints"

@@ -2,6 +2,9 @@
 
     python -m xmtc.evaluate --run runs/xml_cnn_reuters [--tag step400] [--json metrics.json]
     python -m xmtc.evaluate --run runs/xml_cnn_reuters --texts other_texts.txt --labels other_labels.txt
+
+The test split is read from the run's data (config.json; relative paths start where the run trained, corpus.json
+says where); other files need only the run directory (PSP@k takes the training label counts from corpus.json).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
             if (args.texts is None) != (args.labels is None):
                 raise UserError("pass --texts and --labels together (or neither, for the run's test split)")
-            cfg, model, corpus = load_run(args.run, args.tag)
+            # Other files need only the run directory (labels.txt, tokenizer/, corpus.json); the test split, the data.
+            own = args.texts is None
+            cfg, model, corpus = load_run(args.run, args.tag, need_data=own, need_counts=not own)
             if args.texts is None:
                 split = corpus.test
             else:

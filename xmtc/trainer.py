@@ -12,6 +12,8 @@ Everything a run writes goes to `train.output_dir`:
   curves.png            training loss and metrics by step, redrawn after each evaluation (`train.plot`)
   labels.txt            label names in id order (most frequent first)
   tokenizer/            the tokenizer (xmtc.evaluate/predict check that the corpus they rebuild has the same)
+  corpus.json           the working directory the relative data paths start from, and the training label
+                        counts (propensities): xmtc.evaluate of other files needs only the run directory
   .xmtc-run.lock        held by rank 0 while the run writes (xmtc.runlock): a second run into the directory stops
 
 A run stopped by SIGUSR1/SIGTERM checkpoints at the next step boundary and exits with code 75
@@ -33,7 +35,7 @@ import torch
 
 import kernels
 from xmtc import ops
-from xmtc.checkpoint import BEST_FILE, keep_metrics_through, read_best, set_aside_run, set_aside_tag
+from xmtc.checkpoint import BEST_FILE, CORPUS_FILE, corpus_record, keep_metrics_through, read_best, set_aside_run, set_aside_tag
 from xmtc.config import LOWER_IS_BETTER, Config, ConfigError, UserError
 from xmtc.data import TrainBatchSampler, collate, load_corpus, whole_train_token_ids
 from xmtc.distributed import DistInfo, all_reduce_max, all_reduce_sum, from_main, print0, setup
@@ -395,6 +397,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
         cfg.save(out / "config.json")
         atomic_write_text(out / "labels.txt", "\n".join(corpus.label_names) + "\n")
         corpus.tokenizer.save(out / "tokenizer")
+        atomic_write_text(out / CORPUS_FILE, json.dumps(corpus_record(corpus)))  # compact: 670K counts
 
     agree_rank0_wrote(dist_info, write_run_files)
 
