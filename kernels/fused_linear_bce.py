@@ -37,7 +37,9 @@ def _prune_for_batch(configs, named_args, **kwargs):
 
 
 @triton.autotune(
-    configs=_bce_configs(), key=["B", "H"], reset_to_zero=["loss_ptr"],
+    # The constexpr variants are different kernels (the loss-only forward of an evaluation writes no dz):
+    # each is tuned on its own, so a run's tile choice does not depend on which variant ran first.
+    configs=_bce_configs(), key=["B", "H", "HAS_BIAS", "WRITE_DZ", "SQUARED_HINGE"], reset_to_zero=["loss_ptr"],
     prune_configs_by={"early_config_prune": _prune_for_batch},
 )
 @triton.jit

@@ -330,3 +330,27 @@ def test_an_empty_batch_gives_zero_loss_and_empty_gradients(triton_backend, devi
     loss.backward()
     assert loss.item() == 0.0 and features.grad.shape == (0, 24)
     assert torch.count_nonzero(weight.grad) == 0 and torch.count_nonzero(bias.grad) == 0
+
+
+def test_each_kernel_variant_is_tuned_on_its_own(triton_backend, device, monkeypatch):
+    # The autotuner keyed on (B, H) only: whichever variant ran first (the loss-only forward of an evaluation,
+    # say) chose the tiles of the training kernel too, so a run's speed depended on the order of its calls.
+    import triton
+
+    from kernels import fused_linear_bce as module
+
+    kernel = module._linear_bce_chunk_kernel
+    small = [triton.Config({"BLOCK_B": 16, "BLOCK_L": 16, "BLOCK_H": 16}, num_warps=w) for w in (4, 8)]
+    monkeypatch.setattr(kernel, "configs", small)
+    monkeypatch.setattr(kernel, "cache", {})
+    # A stand-in for the benchmark (the interpreter cannot time): the training variant (WRITE_DZ) "runs
+    # faster" with 8 warps, the loss-only one with 4.
+    monkeypatch.setattr(kernel, "_bench", lambda *args, config, **kw: float(config.num_warps == (8 if kw["WRITE_DZ"] else 4)) * -1.0)
+    features = torch.randn(5, 24, device=device)
+    weight = torch.randn(40, 24, device=device)
+    target_idx, target_offsets = _csr([[1], [3, 7], [], [0], [39]], device=device)
+    with torch.no_grad():
+        fused_linear_bce(features, weight, None, target_idx, target_offsets, chunk_size=16)
+    fused_linear_bce(features.requires_grad_(), weight, None, target_idx, target_offsets, chunk_size=16).backward()
+    chosen = {key: config.num_warps for key, config in kernel.cache.items()}
+    assert sorted(chosen.values()) == [4, 8], chosen
