@@ -413,3 +413,58 @@ def test_a_run_evaluates_from_anywhere_and_other_files_without_its_data(tmp_path
     assert older.returncode == 2 and older.stderr.strip().startswith(
         f"error: {out} has no corpus.json (it trained before runs wrote one), so the training label counts come from its data, "
         "which could not be read: data.path 'data'"), older.stderr
+
+
+def test_predict_and_evaluate_take_a_device_and_a_batch_size(zero0, tmp_path):
+    out, final = zero0
+    import torch
+
+    # Batches of 7 (the last one short) score as the run's batches of 128 did.
+    metrics = evaluate_run(out, tmp_path, "--batch-size", "7", "--device", "cpu")
+    for key in ("P@1", "nDCG@5", "PSP@5", "micro_f1", "hamming_loss"):
+        assert metrics[key] == pytest.approx(final[key], abs=1e-6), key
+    texts = tmp_path / "texts.txt"
+    texts.write_text("alpha beta gamma\nbeta delta\n\nepsilon\nzeta eta theta\n")
+    whole = _module("xmtc.predict", "--run", str(out), "--texts", str(texts), "--k", "3")
+    small = _module("xmtc.predict", "--run", str(out), "--texts", str(texts), "--k", "3", "--batch-size", "2", "--device", "cpu")
+    assert whole.returncode == small.returncode == 0 and small.stdout == whole.stdout and len(whole.stdout.splitlines()) == 5
+    for tool in (["xmtc.predict", "--texts", str(texts)], ["xmtc.evaluate"]):
+        zero = _module(*tool, "--run", str(out), "--batch-size", "0")
+        assert zero.returncode == 2 and zero.stderr.strip() == "error: --batch-size must be at least 1, got 0", zero.stderr
+        if not torch.cuda.is_available():
+            cuda = _module(*tool, "--run", str(out), "--device", "cuda")
+            assert cuda.returncode == 2 and cuda.stderr.strip() == (
+                'error: --device is "cuda" but no CUDA device is visible; pass --device cpu (or auto)'), cuda.stderr
+
+
+def test_predict_and_evaluate_show_progress_on_a_terminal(zero0, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    out, _ = zero0
+    texts = tmp_path / "texts.txt"
+    texts.write_text("alpha beta\n" * 30)
+    for tool, unit in ((["xmtc.predict", "--texts", str(texts), "--out", str(tmp_path / "p.txt")], "30/30"),
+                       (["xmtc.evaluate", "--json", str(tmp_path / "m.json")], "200/200")):
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+        proc = subprocess.Popen([sys.executable, "-m", *tool, "--run", str(out), "--batch-size", "8"], cwd=ROOT, env=env(),
+                                stdout=subprocess.DEVNULL, stderr=follower)
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed: the process is gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+        os.close(leader)
+        assert proc.wait(timeout=300) == 0, seen.decode(errors="replace")[-2000:]
+        assert unit in seen.decode(errors="replace") and "doc" in seen.decode(errors="replace"), seen.decode(errors="replace")[-2000:]
+    # Not on a terminal (a pipe, a file, CI): no bar.
+    piped = _module("xmtc.predict", "--run", str(out), "--texts", str(texts), "--batch-size", "8")
+    assert piped.returncode == 0 and "30/30" not in piped.stderr, piped.stderr

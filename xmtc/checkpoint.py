@@ -265,6 +265,27 @@ def run_vocabulary(run_dir: Path):
                            label_counts_docs=int(record["train_documents"]) if counts is not None else 0)
 
 
+def inference_device(name: str) -> torch.device:
+    """--device of xmtc.predict/xmtc.evaluate: "auto" is the first CUDA device when one is visible, else the CPU."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError('--device is "cuda" but no CUDA device is visible; pass --device cpu (or auto)')
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def add_inference_arguments(parser) -> None:
+    """The options xmtc.predict and xmtc.evaluate share: where and in what batches the model runs."""
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the model runs (default auto: the first CUDA device when one is visible, else the CPU)")
+    parser.add_argument("--batch-size", type=int, default=None, help="documents per forward pass (default: the run's eval.batch_size)")
+
+
+def check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+
+
 def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu", need_data: bool = True,
              need_counts: bool = False):
     """(config, model with trained weights in eval mode, corpus) of a finished or running run.

@@ -13,8 +13,6 @@ import argparse
 import dataclasses
 import sys
 
-import torch
-
 from xmtc.config import UserError
 
 
@@ -27,12 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the metrics here")
     p.add_argument("--bad-lines", choices=("error", "skip"), default=None,
                    help="an empty or undecodable line in --texts/--labels: stop (error) or skip it (default: the run's data.bad_lines)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar on stderr (a terminal only)")
+    from xmtc.checkpoint import add_inference_arguments
+
+    add_inference_arguments(p)
     args = p.parse_args(argv)
     from xmtc.process import stdout_for_results
 
     with stdout_for_results() as results:  # what the libraries print while loading goes to stderr
         try:
-            from xmtc.checkpoint import load_run
+            from xmtc.checkpoint import check_batch_size, inference_device, load_run
             from xmtc.data import encode_labeled_files
             from xmtc.evaluation import evaluate
             from xmtc.io import atomic_write_json
@@ -40,9 +42,13 @@ def main(argv: list[str] | None = None) -> int:
 
             if (args.texts is None) != (args.labels is None):
                 raise UserError("pass --texts and --labels together (or neither, for the run's test split)")
+            check_batch_size(args.batch_size)
+            device = inference_device(args.device)
             # Other files need only the run directory (labels.txt, tokenizer/, corpus.json); the test split, the data.
             own = args.texts is None
-            cfg, model, corpus = load_run(args.run, args.tag, need_data=own, need_counts=not own)
+            cfg, model, corpus = load_run(args.run, args.tag, device=device, need_data=own, need_counts=not own)
+            if args.batch_size is not None:
+                cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batch_size=args.batch_size))
             if args.texts is None:
                 split = corpus.test
             else:
@@ -51,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                     split = encode_labeled_files(corpus, args.texts, args.labels, data)[0]
                 except UserError as e:  # the readers' advice names the config key; here it is an option
                     raise UserError(str(e).replace('set data.bad_lines to "skip"', "pass --bad-lines skip")) from None
-            metrics = evaluate(model, split, cfg, 0, 1, torch.device("cpu"), corpus.label_counts, corpus.label_counts_docs)
+            metrics = evaluate(model, split, cfg, 0, 1, device, corpus.label_counts, corpus.label_counts_docs, progress=args.progress)
             if args.json:
                 try:
                     atomic_write_json(args.json, metrics)

@@ -9,6 +9,7 @@ together, as a label-sharded SGM group does, add their sums once).
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
@@ -25,11 +26,12 @@ def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torc
 
 @torch.no_grad()
 def evaluate(model, dataset, cfg: Config, data_rank: int, data_world_size: int, device: torch.device,
-             label_counts: np.ndarray, num_train_docs: int, counts: bool = True) -> dict:
+             label_counts: np.ndarray, num_train_docs: int, counts: bool = True, progress: bool = False) -> dict:
     """Metrics of `model` on `dataset` (a split of the corpus); `model` may be a DeepSpeed engine.
 
     `counts`: false on the ranks whose documents another rank also scores (ParallelPlan.counts_metrics);
-    they run the same forward passes but add nothing to the all-reduced sums."""
+    they run the same forward passes but add nothing to the all-reduced sums. `progress`: a tqdm bar on
+    stderr (documents, documents/s, ETA), shown only on a terminal (xmtc.evaluate)."""
     module = getattr(model, "module", model)
     was_training = module.training
     model.eval()
@@ -45,6 +47,11 @@ def evaluate(model, dataset, cfg: Config, data_rank: int, data_world_size: int, 
     mine = eval_range(len(dataset), data_rank, data_world_size)
     bs = cfg.eval.batch_size
     most = math.ceil(len(dataset) / data_world_size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(mine), desc="evaluate", unit="doc", file=sys.stderr, disable=None, dynamic_ncols=True, mininterval=1.0)
     for start in range(0, max(most, 1), bs):
         lo, hi = mine.start + start, min(mine.start + start + bs, mine.stop)
         real = hi > lo
@@ -58,6 +65,10 @@ def evaluate(model, dataset, cfg: Config, data_rank: int, data_world_size: int, 
         else:
             predicted = scores.float().cpu().numpy() >= cfg.eval.threshold
         sums.add(ranked, predicted, batch["label_idx"].cpu().numpy(), batch["label_offsets"].cpu().numpy(), inv_p)
+        if bar is not None:
+            bar.update(hi - lo)
+    if bar is not None:
+        bar.close()
     vector = sums.vector() if counts else np.zeros_like(sums.vector())
     total = all_reduce_sum(torch.from_numpy(vector))
     if was_training:

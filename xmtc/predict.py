@@ -6,8 +6,9 @@ Writes one line per line of the texts file, the k best first (for SGM: the whole
 to sgm.max_decode_len labels, whatever --k); an empty or undecodable line gets an empty output line, so the
 lines stay aligned (counted on stderr). `--format text` (default): `label:score label:score ...`, refused for a
 run whose label names hold whitespace; `--format jsonl`: `{"labels": [...], "scores": [...]}`. Only the run
-directory is read (config.json, labels.txt, tokenizer/, checkpoints/), not the training data. Bad input prints
-one sentence and exits with 2; an --out file is written whole or not at all.
+directory is read (config.json, labels.txt, tokenizer/, checkpoints/), not the training data. The model runs on
+the first CUDA device when one is visible (--device), in batches of the run's eval.batch_size (--batch-size). Bad
+input prints one sentence and exits with 2; an --out file is written whole or not at all.
 """
 
 from __future__ import annotations
@@ -21,22 +22,32 @@ import torch
 from xmtc.config import UserError
 
 
-def predict_pairs(model, corpus, texts: list[str], k: int, max_len: int, batch_size: int = 256) -> list[list[tuple[str, float]]]:
-    """(label name, score) pairs of each text, best first."""
+def predict_pairs(model, corpus, texts: list[str], k: int, max_len: int, batch_size: int = 256,
+                  progress: bool = False) -> list[list[tuple[str, float]]]:
+    """(label name, score) pairs of each text, best first; the model runs where its parameters are.
+    `progress`: a tqdm bar on stderr (documents, documents/s, ETA), shown only on a terminal."""
+    from tqdm.auto import tqdm
+
     from xmtc.data import collate, encode_texts
+    from xmtc.evaluation import move
 
     out = []
     sets = getattr(model, "predicts_sets", False)
     depth = max(k, model.max_set_size) if sets else k  # a set is printed whole, never cut to k
+    device = next(model.parameters()).device
+    bar = tqdm(total=len(texts), desc="predict", unit="doc", file=sys.stderr, disable=None if progress else True,
+               dynamic_ncols=True, mininterval=1.0)
     for start in range(0, len(texts), batch_size):
         ids = encode_texts(corpus.tokenizer, texts[start : start + batch_size], max_len)
         rows = [{"input_ids": row, "labels": []} for row in ids]
-        batch = collate(rows, max_len)
+        batch = move(collate(rows, max_len), device)
         with torch.no_grad():
             scores, idx = model(batch["input_ids"], lengths=batch["lengths"], topk=depth)
         for s_row, i_row in zip(scores.float().tolist(), idx.tolist()):
             pairs = [(corpus.label_names[i], s) for i, s in zip(i_row, s_row) if i >= 0]
             out.append(pairs[: k if not sets else None])
+        bar.update(len(ids))
+    bar.close()
     return out
 
 
@@ -60,28 +71,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default=None, help="checkpoint tag (default: the selected one, checkpoints/best.json, if the run selected one, else latest)")
     p.add_argument("--out", default="-", help="output file (default: stdout)")
     p.add_argument("--format", choices=("text", "jsonl"), default="text", help="text: label:score ...; jsonl: one JSON object per line")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar on stderr (a terminal only)")
+    from xmtc.checkpoint import add_inference_arguments
+
+    add_inference_arguments(p)
     args = p.parse_args(argv)
     from xmtc.process import stdout_for_results
 
     with stdout_for_results() as results:  # what the libraries print while loading goes to stderr
         try:
-            from xmtc.checkpoint import load_run
+            from xmtc.checkpoint import check_batch_size, inference_device, load_run
             from xmtc.data import read_texts
             from xmtc.data.readers import read_lines
             from xmtc.io import atomic_write_text
 
             if args.k < 1:
                 raise UserError(f"--k must be at least 1, got {args.k}")
+            check_batch_size(args.batch_size)
+            device = inference_device(args.device)
             texts, numbers = read_texts(args.texts, "skip")
             total = len(read_lines(args.texts))
-            cfg, model, corpus = load_run(args.run, args.tag, need_data=False)
+            cfg, model, corpus = load_run(args.run, args.tag, device=device, need_data=False)
             spaced = next((name for name in corpus.label_names if name != "".join(name.split())), None)
             if args.format == "text" and spaced is not None:
                 raise UserError(f"label {spaced!r} of {args.run} holds whitespace, which would make `label:score` lines "
                                 "ambiguous; pass --format jsonl")
             form = format_text if args.format == "text" else format_jsonl
             lines = [form([])] * total
-            for number, pairs in zip(numbers, predict_pairs(model, corpus, texts, args.k, cfg.data.max_len, cfg.eval.batch_size)):
+            for number, pairs in zip(numbers, predict_pairs(model, corpus, texts, args.k, cfg.data.max_len,
+                                                                args.batch_size or cfg.eval.batch_size, args.progress)):
                 lines[number - 1] = form(pairs)
             if total > len(texts):
                 print(f"{args.texts}: {total - len(texts)} empty or undecodable line(s) got empty predictions", file=sys.stderr)
