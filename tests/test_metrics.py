@@ -40,6 +40,57 @@ def test_psp_uses_inverse_propensity_and_best_ranking():
     assert m["PSP@3"] == pytest.approx(1.0)
 
 
+def test_psndcg_by_hand():
+    m = run([1.0, 2.0, 3.0, 4.0, 5.0])
+    # k=1: doc0 gains 3 (label 2) over IDCG 1, best 3; doc1 misses, best 4.
+    assert m["PSnDCG@1"] == pytest.approx(3 / 7)
+    # k=3: doc0 PSDCG = 3 + 1/log2(4) = 3.5 over IDCG = 1 + 1/log2(3), best 3 + 1/log2(3) over the same IDCG;
+    # doc1 PSDCG = 4/log2(3) over IDCG 1, best 4.
+    idcg0 = 1 + 1 / math.log2(3)
+    expected = (3.5 / idcg0 + 4 / math.log2(3)) / ((3 + 1 / math.log2(3)) / idcg0 + 4)
+    assert m["PSnDCG@3"] == pytest.approx(expected) and m["PSnDCG@3"] == pytest.approx(0.750002, abs=1e-6)
+    # Uniform propensities: PSnDCG is nDCG's sum over the best possible (the ideal, 1 per labeled document).
+    flat = run(np.ones(5))
+    assert flat["PSnDCG@3"] == pytest.approx(flat["nDCG@3"])
+
+
+def _dense_metrics(scores, truth, inv_p, predicted, k):
+    """PSnDCG@k and macro F1 written the other way round: dense document x label matrices, as pyxclib and
+    scikit-learn compute them."""
+    n, L = truth.shape
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    ideal = np.argsort(-(truth * inv_p), axis=1, kind="stable")[:, :k]
+    disc = 1 / np.log2(np.arange(k) + 2)
+    flags = np.take_along_axis(truth * inv_p, order, 1)
+    best = np.take_along_axis(truth * inv_p, ideal, 1)
+    idcg = np.array([disc[: min(k, c)].sum() if c else 1.0 for c in truth.sum(1).astype(int)])
+    psndcg = ((flags * disc).sum(1) / idcg).sum() / ((best * disc).sum(1) / idcg).sum()
+    tp, fp, fn = (truth * predicted).sum(0), ((1 - truth) * predicted).sum(0), (truth * (1 - predicted)).sum(0)
+    seen = tp + fp + fn > 0
+    return psndcg, np.mean(2 * tp[seen] / (2 * tp[seen] + fp[seen] + fn[seen]))
+
+
+def test_psndcg_and_macro_f1_match_a_dense_computation():
+    rng = np.random.default_rng(5)
+    n, L, k = 60, 40, 5
+    truth = (rng.random((n, L)) < 0.08).astype(float)
+    truth[0] = 0  # a document without labels
+    scores = rng.random((n, L))
+    inv_p = 1 + 4 * rng.random(L)
+    predicted = (scores > 0.8).astype(float)
+    predicted[:, 39] = 0
+    truth[:, 39] = 0  # a label nobody has or predicts: not in the macro average
+    ranked = np.argsort(-scores, axis=1, kind="stable")
+    idx = np.concatenate([np.flatnonzero(row) for row in truth])
+    offsets = np.concatenate([[0], np.cumsum(truth.sum(1))]).astype(int)
+    sums = MetricSums((1, k), L)
+    sums.add(ranked, np.take_along_axis(predicted, ranked, 1).astype(bool), idx, offsets, inv_p)
+    m = sums.result()
+    psndcg, macro = _dense_metrics(scores, truth, inv_p, predicted, k)
+    assert m["PSnDCG@5"] == pytest.approx(psndcg, rel=1e-12)
+    assert m["macro_f1"] == pytest.approx(macro, rel=1e-12) and 0.0 < macro < 1.0
+
+
 def test_repeated_labels_count_once():
     # SGM without its mask can emit a label again. Doc: true {3, 1}, ranked [3, 3, 1, 3]:
     # the repeats are misses, so P@4 = 2/4, DCG = 1 + 1/log2(4) against IDCG = 1 + 1/log2(3).
@@ -63,6 +114,8 @@ def test_set_metrics():
     assert m["micro_recall"] == pytest.approx(2 / 3)
     assert m["micro_f1"] == pytest.approx(0.5)
     assert m["hamming_loss"] == pytest.approx((3 + 1) / (2 * 5))
+    # Per label: 0 FN, 1 FP twice, 2 TP, 3 TP, 4 FP: F1 0, 0, 1, 1, 0.
+    assert m["macro_f1"] == pytest.approx(2 / 5)
 
 
 def test_padding_and_empty_documents():
@@ -75,6 +128,7 @@ def test_padding_and_empty_documents():
     assert m["P@3"] == pytest.approx(1 / 6)
     assert m["micro_f1"] == pytest.approx(1.0)  # -1 padding is never a prediction
     assert m["hamming_loss"] == 0.0
+    assert m["macro_f1"] == 1.0  # label 1, the only one that occurs; labels 0, 2, 3 occur nowhere
 
 
 def test_sums_merge_like_one_pass():

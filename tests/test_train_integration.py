@@ -88,7 +88,7 @@ def test_loss_falls_and_metrics_are_written(zero0):
     assert [r["step"] for r in records] == [20, 40]
     first_loss = records[0]["train_loss"]
     assert final["train_loss"] < first_loss
-    for key in ("P@1", "P@3", "P@5", "nDCG@1", "nDCG@3", "nDCG@5", "PSP@1", "PSP@3", "PSP@5",
+    for key in ("P@1", "P@3", "P@5", "nDCG@1", "nDCG@3", "nDCG@5", "PSP@1", "PSP@3", "PSP@5", "PSnDCG@1", "PSnDCG@5", "macro_f1",
                 "hamming_loss", "micro_precision", "micro_recall", "micro_f1", "samples_per_s", "epoch"):
         assert key in final
     assert final["num_docs"] == 200  # every test document counted exactly once across the 2 ranks
@@ -152,7 +152,7 @@ def test_predict_and_evaluate_round_trip(zero0, runs, tmp_path):
                                cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
-    for key in ("P@1", "P@5", "nDCG@3", "PSP@5", "micro_f1", "hamming_loss"):
+    for key in ("P@1", "P@5", "nDCG@3", "PSP@5", "PSnDCG@5", "micro_f1", "macro_f1", "hamming_loss"):
         assert metrics[key] == pytest.approx(final[key], abs=1e-6), key
     assert "P@1" in evaluated.stdout
 

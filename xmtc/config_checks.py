@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 def metric_names(ks: list[int]) -> list[str]:
     """The metric names an evaluation reports (see `xmtc.metrics.MetricSums.result`)."""
-    ranked = [f"{m}@{k}" for m in ("P", "nDCG", "PSP") for k in ks]
-    return ranked + ["hamming_loss", "micro_precision", "micro_recall", "micro_f1"]
+    ranked = [f"{m}@{k}" for m in ("P", "nDCG", "PSP", "PSnDCG") for k in ks]
+    return ranked + ["hamming_loss", "micro_precision", "micro_recall", "micro_f1", "macro_f1"]
 
 
 LOWER_IS_BETTER = frozenset({"hamming_loss"})

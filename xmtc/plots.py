@@ -1,7 +1,7 @@
 """A run's learning curves as a picture: `curves.png` beside `metrics.jsonl`, redrawn after each evaluation.
 
 Three panels over the training step: the training loss, the ranking metrics (P@k, nDCG@k for the
-evaluated ks), and the set metrics (micro precision, recall, F1). Periodic evaluations of the
+evaluated ks), and the set metrics (micro precision, recall, F1; macro F1). Periodic evaluations of the
 validation split are solid, of the test split dashed; with a validation split the test evaluation at
 the end is a marker, at the selected step when a metric selected one. Also `python -m xmtc.plots --run RUN` for a finished run.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from xmtc.io import atomic_write_bytes
 
 CURVES_FILE = "curves.png"
-SET_METRICS = ("micro_precision", "micro_recall", "micro_f1")
+SET_METRICS = ("micro_precision", "micro_recall", "micro_f1", "macro_f1")
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:
