@@ -149,3 +149,26 @@ def test_propensity_by_hand():
     p = propensity(np.array([10, 0, 1000]), 100)
     assert p[0] == pytest.approx(0.39103, abs=1e-4)
     assert p[1] < p[0] < p[2] < 1.0
+
+
+def test_the_linear_baselines_score_dense_decisions_like_their_direct_formulas():
+    # scripts/linear_baselines.py scores scikit-learn's decision values through MetricSums; on random dense
+    # decisions its P@1, micro-F1 and hamming loss must be the direct formulas' (every positive counted).
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("linear_baselines", Path(__file__).resolve().parents[1] / "scripts" / "linear_baselines.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(11)
+    y_test = (rng.random((50, 12)) < 0.2).astype(int)
+    y_train = (rng.random((80, 12)) < 0.2).astype(int)
+    scores = rng.normal(size=(50, 12)) + 0.3  # some rows have more than 5 positive decisions
+    assert (scores > 0).sum(1).max() > 5
+    m = module.score(scores, y_test, y_train)
+    predicted = scores > 0
+    tp = (predicted & (y_test == 1)).sum()
+    assert m["P@1"] == pytest.approx(y_test[np.arange(50), scores.argmax(1)].mean())
+    assert m["micro_f1"] == pytest.approx(2 * tp / (predicted.sum() + y_test.sum()))
+    assert m["hamming_loss"] == pytest.approx((predicted != (y_test == 1)).mean())
+    assert m["num_docs"] == 50

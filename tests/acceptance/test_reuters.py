@@ -61,7 +61,8 @@ def train(config: str, tmp_path: Path, budget_s: float, *overrides: str) -> tupl
 
 def record(config: str, final: dict, **extra) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    keys = ("P@1", "P@3", "P@5", "nDCG@3", "micro_precision", "micro_recall", "micro_f1", "hamming_loss", "step", "num_docs")
+    keys = ("P@1", "P@3", "P@5", "nDCG@3", "PSP@5", "PSnDCG@5", "micro_precision", "micro_recall", "micro_f1", "macro_f1",
+            "hamming_loss", "step", "num_docs")
     entry = {"config": config, **{k: final[k] for k in keys if k in final}, **extra, "machine": machine()}
     (RESULTS / f"{config}.json").write_text(json.dumps(entry, indent=2) + "\n")
 
