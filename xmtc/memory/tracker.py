@@ -19,25 +19,67 @@ from torch.utils._pytree import tree_leaves
 
 COMPONENTS = ("weights", "grads", "optimizer", "activations", "temporaries")
 
-# Innermost frame -> component of a storage nothing else identifies (first match wins).
-_ORIGINS = (
-    ("/deepspeed/runtime/zero/partition_parameters.py", "weights"),
-    ("/deepspeed/", "temporaries"),
-    ("/torch/optim/", "temporaries"),
-    ("/xmtc/", "activations"),
-    ("/kernels/", "activations"),
-    ("/torch/autograd/", "activations"),
-)
+def _package_dir(name: str) -> str | None:
+    """The real directory of package `name` (found without importing it), with a trailing separator."""
+    import importlib.util
+    import os
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.join(os.path.realpath(list(spec.submodule_search_locations)[0]), "")
+
+
+def _origins() -> tuple[tuple[str, str], ...]:
+    """Directory -> component of a storage nothing else identifies (first match wins, most specific first).
+    Real package directories, not path fragments: a checkout named xmtc/ with its .venv inside would
+    otherwise make every frame of torch and DeepSpeed look like the model's."""
+    import os
+
+    deepspeed, torch_dir, xmtc_dir, kernels = (_package_dir(n) for n in ("deepspeed", "torch", "xmtc", "kernels"))
+    pairs = []
+    if deepspeed:
+        pairs += [(os.path.join(deepspeed, "runtime", "zero", "partition_parameters.py"), "weights"), (deepspeed, "temporaries")]
+    if torch_dir:
+        pairs += [(os.path.join(torch_dir, "optim", ""), "temporaries"), (os.path.join(torch_dir, "autograd", ""), "activations")]
+    pairs += [(d, "activations") for d in (xmtc_dir, kernels) if d]
+    return tuple(pairs)
+
+
+_ORIGINS: tuple[tuple[str, str], ...] | None = None
+_MEMORY_DIR = None
+_FILE_COMPONENT: dict[str, str | None] = {}
+"""co_filename -> component (None: no marker; the frame is skipped), resolved once per file."""
+
+
+def _file_component(filename: str) -> str | None:
+    try:
+        return _FILE_COMPONENT[filename]
+    except KeyError:
+        pass
+    import os
+
+    global _ORIGINS, _MEMORY_DIR
+    if _ORIGINS is None:
+        _ORIGINS = _origins()
+        _MEMORY_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "")
+    real = os.path.realpath(filename)
+    component = None
+    if not real.startswith(_MEMORY_DIR):  # the tracker's own frames decide nothing
+        component = next((c for prefix, c in _ORIGINS if real == prefix or real.startswith(prefix)), None)
+    _FILE_COMPONENT[filename] = component
+    return component
 
 
 def _origin() -> str:
     frame = sys._getframe(2)
     while frame is not None:
-        name = frame.f_code.co_filename
-        if "/xmtc/memory/" not in name:
-            for marker, component in _ORIGINS:
-                if marker in name:
-                    return component
+        component = _file_component(frame.f_code.co_filename)
+        if component is not None:
+            return component
         frame = frame.f_back
     return "activations"
 
