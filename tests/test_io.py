@@ -72,3 +72,39 @@ def test_a_directory_is_refused_and_left_alone(tmp_path):
     with pytest.raises(OSError):
         io.atomic_write_text(tmp_path / "outdir", "x\n")
     assert (tmp_path / "outdir").is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["outdir"]
+
+
+STREAMS_SCRIPT = """
+import sys
+from xmtc import io
+from xmtc.process import stdout_for_results
+
+print("library chatter", flush=True)  # before: on the real stdout
+with stdout_for_results() as results:
+    print("inside: to stderr")
+    results.write("result 1\\n")
+    io.atomic_write_text("/dev/stdout", "result 2\\n")  # the real stdout, after result 1
+    io.atomic_write_text("/dev/fd/2", "to stderr, appended\\n")
+io.atomic_write_text("/proc/self/fd/1", "after\\n")
+"""
+
+
+def test_descriptor_paths_are_written_into_the_streams_the_shell_opened(tmp_path):
+    # `--out /dev/stdout` while stdout_for_results held descriptor 1 for stderr went to stderr, and a file
+    # behind `2>>` was replaced by the results (its earlier lines lost).
+    import subprocess
+    import sys
+
+    out, err = tmp_path / "out.txt", tmp_path / "err.log"
+    err.write_text("an earlier line\n")
+    with open(out, "w") as o, open(err, "a") as e:
+        proc = subprocess.run([sys.executable, "-c", STREAMS_SCRIPT], stdout=o, stderr=e, timeout=120)
+    assert proc.returncode == 0, err.read_text()
+    assert out.read_text() == "library chatter\nresult 1\nresult 2\nafter\n"
+    assert err.read_text() == "an earlier line\ninside: to stderr\nto stderr, appended\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["err.log", "out.txt"]
+
+
+def test_named_descriptors():
+    assert [io.named_descriptor(p) for p in ("/dev/stdout", "/dev/stderr", "/dev/fd/7", "/proc/self/fd/1", f"/proc/{os.getpid()}/fd/3")] == [1, 2, 7, 1, 3]
+    assert [io.named_descriptor(p) for p in ("/dev/null", "/dev/fd/x", "/proc/1/fd/1" if os.getpid() != 1 else "/tmp", "out.txt")] == [None] * 4

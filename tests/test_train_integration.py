@@ -468,3 +468,19 @@ def test_predict_and_evaluate_show_progress_on_a_terminal(zero0, tmp_path):
     # Not on a terminal (a pipe, a file, CI): no bar.
     piped = _module("xmtc.predict", "--run", str(out), "--texts", str(texts), "--batch-size", "8")
     assert piped.returncode == 0 and "30/30" not in piped.stderr, piped.stderr
+
+
+def test_predict_and_evaluate_write_dev_stdout_to_stdout(zero0, tmp_path):
+    # Both hold descriptor 1 for stderr while they load (DeepSpeed's chatter): /dev/stdout went to stderr.
+    out, final = zero0
+    texts = tmp_path / "texts.txt"
+    texts.write_text("alpha beta gamma\nbeta delta\n")
+    plain = _module("xmtc.predict", "--run", str(out), "--texts", str(texts), "--k", "2")
+    named = _module("xmtc.predict", "--run", str(out), "--texts", str(texts), "--k", "2", "--out", "/dev/stdout")
+    assert named.returncode == 0 and named.stdout == plain.stdout and len(plain.stdout.splitlines()) == 2, named.stderr
+    assert plain.stdout.splitlines()[0] not in named.stderr
+    evaluated = _module("xmtc.evaluate", "--run", str(out), "--json", "/dev/stdout")
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics, end = json.JSONDecoder().raw_decode(evaluated.stdout)
+    assert metrics["P@1"] == pytest.approx(final["P@1"], abs=1e-6) and "P@1" in evaluated.stdout[end:]
+    assert '"P@1"' not in evaluated.stderr

@@ -18,10 +18,45 @@ def _umask() -> int:
 _UMASK = _umask()  # read once, at import: os.umask can only be read by setting it
 
 
+_STREAMS = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def named_descriptor(path: str | os.PathLike) -> int | None:
+    """The file descriptor a path names as written (/dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N,
+    /proc/<this pid>/fd/N), else None."""
+    text = os.path.normpath(os.path.abspath(os.fspath(path)))
+    if text in _STREAMS:
+        return _STREAMS[text]
+    for prefix in ("/dev/fd/", "/proc/self/fd/", f"/proc/{os.getpid()}/fd/"):
+        if text.startswith(prefix) and text[len(prefix):].isdigit():
+            return int(text[len(prefix):])
+    return None
+
+
+def write_descriptor(fd: int, data: bytes) -> None:
+    """All of `data` into open descriptor `fd`, after what Python buffered for it (stdout: the results stream
+    while xmtc.process.stdout_for_results holds descriptor 1 for stderr)."""
+    from xmtc.process import real_descriptor
+
+    fd = real_descriptor(fd)
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except BrokenPipeError:  # the reader went away (`| head`): as for the results stream, the writing ends quietly
+        pass
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file renamed over it. A symlink is followed (the file it
-    names is replaced, the link kept); a path that names no regular file (/dev/stdout, a fifo, a device) is
-    written in place, since renaming over it would put a file where it was."""
+    names is replaced, the link kept). A path naming an open descriptor (/dev/stdout, /dev/stderr, /dev/fd/N)
+    is written into that descriptor, as the shell opened it (`>>` appends; a file behind `2>` is not replaced);
+    any other path that names no regular file (a fifo, a device) is written in place, since renaming over it
+    would put a file where it was."""
+    fd = named_descriptor(path)
+    if fd is not None:
+        write_descriptor(fd, data)
+        return
     path = Path(os.path.realpath(path))
     if path.exists() and not path.is_file() and not path.is_dir():
         with open(path, "wb") as f:

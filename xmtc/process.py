@@ -35,6 +35,23 @@ def exit_process(code: int) -> None:
         os._exit(code)
 
 
+_RESULTS: list[TextIO] = []
+"""The results stream of the innermost `stdout_for_results` (the real standard output while descriptor 1 is stderr)."""
+
+
+def real_descriptor(fd: int) -> int:
+    """The descriptor that writing to `fd` means, with what Python buffered for it flushed first: descriptor
+    1 inside `stdout_for_results` is its results stream (the real standard output), not stderr."""
+    if fd == 1 and _RESULTS:
+        _RESULTS[-1].flush()
+        return _RESULTS[-1].fileno()
+    stream = {1: sys.stdout, 2: sys.stderr}.get(fd)
+    if stream is not None:
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    return fd
+
+
 @contextlib.contextmanager
 def stdout_for_results() -> Iterator[TextIO]:
     """The process's standard output for its results alone: inside, file descriptor 1 (and so `sys.stdout`,
@@ -44,12 +61,14 @@ def stdout_for_results() -> Iterator[TextIO]:
     saved = os.dup(1)
     os.dup2(2, 1)
     results = open(saved, "w", encoding="utf-8", closefd=True)
+    _RESULTS.append(results)
     try:
         yield results
         results.flush()
     except BrokenPipeError:
         pass
     finally:
+        _RESULTS.remove(results)
         sys.stdout.flush()
         os.dup2(results.fileno(), 1)
         try:
