@@ -127,3 +127,15 @@ def test_saved_config_reloads_identically(tmp_path):
     again = load_config(str(tmp_path / "c.json"))
     assert again.to_dict() == cfg.to_dict()
     assert json.loads((tmp_path / "c.json").read_text())["train"]["max_steps"] == 3
+
+
+def test_an_enabled_monitor_needs_its_package(monkeypatch):
+    from xmtc import config_checks
+    from xmtc.errors import ConfigError
+
+    monkeypatch.setitem(config_checks.MONITOR_PACKAGES, "wandb", "xmtc_no_such_package")
+    with pytest.raises(ConfigError, match=r"^config key 'deepspeed.wandb.enabled' is true but the xmtc_no_such_package package is not installed"):
+        config_checks.check_monitor_packages({"wandb": {"enabled": True}})
+    config_checks.check_monitor_packages({"wandb": {"enabled": False}, "csv_monitor": {"enabled": True}})
+    monkeypatch.setitem(config_checks.MONITOR_PACKAGES, "wandb", "numpy")  # installed: fine
+    config_checks.check_monitor_packages({"wandb": {"enabled": True}})

@@ -284,6 +284,11 @@ def test_user_errors_exit_2_with_one_sentence(tmp_path):
           "--data.test_file", str(tmp_path / "x.parquet"), "--data.cache_dir", str(tmp_path / "c")],
          f"{tmp_path / 'x.parquet'} could not be read as parquet: ArrowInvalid: Parquet magic bytes not found"),
     ]
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:  # DeepSpeed imported it after the data and model: a traceback
+        cases.append((["--config", "debug_xml_cnn", "--deepspeed.tensorboard", '{"enabled": true, "output_path": "tb"}'],
+                      "config key 'deepspeed.tensorboard.enabled' is true but the tensorboard package is not installed"))
     (tmp_path / "x.parquet").write_text("not parquet\n")
     for args, message in cases:
         proc = subprocess.run([sys.executable, "launch/train.py", *args, "--train.output_dir", str(tmp_path / "o")],

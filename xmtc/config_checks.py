@@ -99,3 +99,20 @@ def check_values(cfg: Config) -> None:
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
         raise ConfigError(f"config key 'deepspeed.zero_optimization.stage' must be 0, 1, 2 or 3, got {stage!r}")
+
+
+MONITOR_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet": "comet_ml"}
+"""DeepSpeed monitors of the deepspeed section -> the package each imports when enabled (csv_monitor needs none)."""
+
+
+def check_monitor_packages(deepspeed_section: dict) -> None:
+    """Raise ConfigError for an enabled DeepSpeed monitor whose package is not installed: DeepSpeed would
+    import it only after the data and the model are built, and stop with a traceback."""
+    import importlib.util
+
+    for key, package in MONITOR_PACKAGES.items():
+        block = deepspeed_section.get(key)
+        if isinstance(block, dict) and block.get("enabled") and importlib.util.find_spec(package) is None:
+            extra = " (or pip install 'xmtc[tensorboard]')" if key == "tensorboard" else ""
+            raise ConfigError(f"config key 'deepspeed.{key}.enabled' is true but the {package} package is not installed; "
+                              f"pip install {package}{extra}, or disable the monitor")

@@ -37,6 +37,7 @@ import kernels
 from xmtc import ops
 from xmtc.checkpoint import BEST_FILE, CORPUS_FILE, corpus_record, keep_metrics_through, read_best, set_aside_run, set_aside_tag
 from xmtc.config import LOWER_IS_BETTER, Config, ConfigError, UserError
+from xmtc.config_checks import check_monitor_packages
 from xmtc.data import TrainBatchSampler, collate, load_corpus, whole_train_token_ids
 from xmtc.distributed import DistInfo, all_reduce_max, all_reduce_sum, from_main, print0, setup
 from xmtc.evaluation import evaluate, move
@@ -275,6 +276,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
     ops.set_kernel_backend_from_config(cfg.model.kernels)
     dist_info = setup(cfg.parallel, cfg.train.device, local_rank_arg)
     cfg.check_batch(dist_info.world_size)
+    check_monitor_packages(cfg.deepspeed)
     if cfg.model.kernels == "triton" and dist_info.device.type != "cuda" and not kernels.interpreting():
         raise ConfigError("config key 'model.kernels' is \"triton\" but this run is on the CPU; use \"auto\" or \"torch\" "
                           "(or TRITON_INTERPRET=1 to interpret the kernels, slowly)")
