@@ -27,6 +27,16 @@ def num_sms(device: torch.device) -> int:
     return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """`tl.dot`'s input_precision for inputs of `dtype`: fp32 follows torch's own float32 matmul setting
+    (`torch.set_float32_matmul_precision`: "highest", the default, is IEEE fp32 as cuBLAS computes the torch
+    reference; "high" or "medium" allow TF32 tensor cores, as they do for torch's matmuls); 16-bit inputs
+    multiply exactly on the tensor cores whatever it says."""
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"
+
+
 class GradientsInForward(torch.autograd.Function):
     """Base of the fused losses that compute their input gradients during the forward, chunk by
     chunk (so no B x L logits are ever kept): `keep` stores them, the backward only scales them.

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import GradientsInForward, interpreting, num_sms
+from kernels import GradientsInForward, dot_precision, interpreting, num_sms
 
 
 def _bce_configs():
@@ -39,7 +39,7 @@ def _prune_for_batch(configs, named_args, **kwargs):
 @triton.autotune(
     # The constexpr variants are different kernels (the loss-only forward of an evaluation writes no dz):
     # each is tuned on its own, so a run's tile choice does not depend on which variant ran first.
-    configs=_bce_configs(), key=["B", "H", "HAS_BIAS", "WRITE_DZ", "SQUARED_HINGE"], reset_to_zero=["loss_ptr"],
+    configs=_bce_configs(), key=["B", "H", "HAS_BIAS", "WRITE_DZ", "SQUARED_HINGE", "PRECISION"], reset_to_zero=["loss_ptr"],
     prune_configs_by={"early_config_prune": _prune_for_batch},
 )
 @triton.jit
@@ -160,7 +160,7 @@ class LinearBCETritonFunction(GradientsInForward):
         chunk = min(chunk_size, L)
         dz = torch.empty(B, chunk, device=device, dtype=weight.dtype) if write_dz else None
         label_start = torch.searchsorted(pos_label, torch.arange(L + 1, device=device))
-        precision = "ieee" if weight.dtype == torch.float32 else "tf32"
+        precision = dot_precision(weight.dtype)
         # One loss slot per program of the smallest tile; unused slots stay 0.
         loss_parts = torch.zeros(triton.cdiv(chunk, 16) * triton.cdiv(B, 16), device=device, dtype=torch.float32)
         loss = torch.zeros((), device=device, dtype=torch.float32)

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import interpreting, num_sms
+from kernels import dot_precision, interpreting, num_sms
 
 
 @triton.jit
@@ -252,7 +252,7 @@ class _Plan:
         tiles = max(1, triton.cdiv(L, self.BLOCK_L))
         self.seg_len = triton.cdiv(tiles, min(want, tiles)) * self.BLOCK_L
         self.num_segs = triton.cdiv(L, self.seg_len)
-        self.precision = "ieee" if (table if table is not None else logits).dtype == torch.float32 else "tf32"
+        self.precision = dot_precision((table if table is not None else logits).dtype)
 
 
 def _finite_or_zero(row_max):

@@ -94,6 +94,20 @@ def cases(dtypes: list[str]):
                    {"HAS_BIAS": True, "RELU": True, "BLOCK_P": bp, "BLOCK_W": bw}, 4, 3, ())
         yield (f"{dt} dynamic_max_pool backward 1024", dp._dynamic_max_pool_bwd_kernel, {"arg_ptr": "i32"},
                {"BLOCK_T": 1024}, 4, 3, ())
+        if dt == "fp32":  # fp32 inputs on TF32 tensor cores (torch.set_float32_matmul_precision("high")): each dot kernel once
+            tile = {"BLOCK_B": 64, "BLOCK_L": 64, "BLOCK_T": 32}
+            yield ("fp32-tf32 masked_softmax forward 64x64x128", ms._forward_kernel, stats,
+                   dict(tile, LOG=False, WRITE_P=True, HAS_TABLE=True, PRECISION="tf32", BLOCK_D=128), 4, 3, ())
+            yield ("fp32-tf32 masked_softmax dlogits 64x64x128", ms._dlogits_kernel, stats,
+                   dict(tile, LOG=False, HAS_GP=True, HAS_TABLE=True, ADD_C=True, PRECISION="tf32", BLOCK_D=128), 4, 3, ())
+            yield ("fp32-tf32 masked_softmax dtable 64x64x128", ms._dtable_kernel, stats,
+                   dict(tile, PRECISION="tf32", BLOCK_D=128), 4, 3, ())
+            c = fb._bce_configs()[-1]
+            yield (f"fp32-tf32 fused_linear_bce chunk {c.kwargs} w{c.num_warps} s{c.num_stages}", fb._linear_bce_chunk_kernel, bce,
+                   dict(c.kwargs, HAS_BIAS=True, WRITE_DZ=True, SQUARED_HINGE=False, PRECISION="tf32"), c.num_warps,
+                   c.num_stages, ("H", "stride_f", "stride_w", "stride_dz"))
+            yield ("fp32-tf32 fused_linear_bce grad_features 64x64x64", fb._grad_features_kernel, {"out_ptr": "fp32"},
+                   {"PRECISION": "tf32", "BLOCK_B": 64, "BLOCK_K": 64, "BLOCK_H": 64}, 4, 3, ())
 
 
 def compile_one(fn, pointers, constants, dtype, num_warps, num_stages, div16, arch: int) -> dict:
@@ -130,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, fn, pointers, constants, warps, stages, div16 in cases(args.dtypes.split(",")):
         if args.only not in label:
             continue
-        row = {"case": label, **compile_one(fn, pointers, constants, label.split()[0], warps, stages, div16, args.arch)}
+        row = {"case": label, **compile_one(fn, pointers, constants, label.split()[0].split("-")[0], warps, stages, div16, args.arch)}
         rows.append(row)
         if row["ok"]:
             print(f"{label:78s} compiled: shared {row['shared_bytes']} B, {row['registers']} registers, "

@@ -29,8 +29,10 @@ def test_every_kernel_compiles_for_hopper(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     kinds = {" ".join(r["case"].split()[:3]) for r in rows}
-    # Each op's kernels, in both dtypes: 20 masked-softmax, 7 fused-BCE and 3 pooling cases per dtype.
-    assert len(rows) == 2 * (20 + 7 + 3) and all(r["ok"] for r in rows)
+    # Each op's kernels, in both dtypes: 20 masked-softmax, 7 fused-BCE and 3 pooling cases per dtype; and the
+    # 5 dot kernels once with fp32 inputs on TF32 (torch.set_float32_matmul_precision("high")).
+    assert len(rows) == 2 * (20 + 7 + 3) + 5 and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
+    assert sum(r["case"].startswith("fp32-tf32 ") for r in rows) == 5
     assert {f"{dt} {op}" for dt in ("fp32", "bf16") for op in (
         "masked_softmax forward", "masked_softmax dlogits", "masked_softmax dtable", "masked_softmax stats",
         "fused_linear_bce chunk", "fused_linear_bce grad_features", "dynamic_max_pool forward", "dynamic_max_pool backward",

@@ -88,3 +88,21 @@ def test_import_and_cpu_calls_need_neither_triton_nor_a_gpu():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_fp32_dots_follow_torchs_float32_matmul_precision():
+    # The kernels' fp32 tl.dot was always IEEE; torch's own matmuls take TF32 when a user allows it.
+    import torch
+
+    from kernels import dot_precision
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert dot_precision(torch.float32) == "ieee"
+        for setting in ("high", "medium"):
+            torch.set_float32_matmul_precision(setting)
+            assert dot_precision(torch.float32) == "tf32"
+        assert dot_precision(torch.bfloat16) == "tf32"
+    finally:
+        torch.set_float32_matmul_precision(before)
