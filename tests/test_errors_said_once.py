@@ -71,3 +71,17 @@ def test_a_user_error_is_said_once_per_run(tmp_path, case, kind, expected):
     errors = sorted(line for line in output.splitlines() if line.startswith("error: "))
     assert proc.returncode != 0 and errors == expected, output[-3000:]
     assert "DistNetworkError" not in output and "Connection was likely closed" not in output, output[-3000:]
+
+
+def test_a_rank_that_cannot_reach_rank_0_says_its_own_error_and_nothing_else():
+    # Rank 0 had said the error and left (or never came up): torch's store client retried with a warning per
+    # attempt around the rank's own sentence.
+    import sys
+
+    from xmtc.distributed import free_port
+
+    e = dict(env(), RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), XMTC_ERROR_WAIT_S="1")
+    e.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+    proc = subprocess.run([sys.executable, "-c", "from xmtc.distributed import say_error; say_error('train.txt line 3 is empty')"],
+                          cwd=ROOT, env=e, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "error: rank 1: train.txt line 3 is empty\n", proc.stderr

@@ -330,10 +330,28 @@ def _rendezvous_store(rank: int, wait_s: float):
         return None
     host = rank == 0 and env.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
     try:
-        return dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), None, is_master=host,
+        port = int(env["MASTER_PORT"])
+        # A client first waits for something to listen there with a plain socket: torch's own client retries
+        # with a warning per attempt, which a rank arriving after rank 0 has gone would print around its sentence.
+        if not host and not _listening(env["MASTER_ADDR"], port, wait_s):
+            return None
+        return dist.TCPStore(env["MASTER_ADDR"], port, None, is_master=host,
                              timeout=datetime.timedelta(seconds=max(1.0, wait_s)), wait_for_workers=False)
     except (RuntimeError, ValueError, OverflowError):  # the port is taken, or rank 0 never came up
         return None
+
+
+def _listening(host: str, port: int, wait_s: float) -> bool:
+    """Whether something accepts connections at host:port within `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
 
 
 def say_error(message: str) -> None:
@@ -342,7 +360,7 @@ def say_error(message: str) -> None:
     same within `ERROR_WAIT_S`: an error met by one rank alone (a file missing on one node) is said too.
     Before the process group exists (a config error) the ranks meet in a store at the group's address;
     a lone process simply prints. Call before the process group is destroyed."""
-    store, wait_s = None, _error_wait_s()
+    store, wait_s, rank_of_lone = None, _error_wait_s(), None
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
         if world > 1:
@@ -351,8 +369,10 @@ def say_error(message: str) -> None:
     elif (launched := _launched_rank_world()) is not None and launched[1] > 1:
         rank, world = launched
         store = _rendezvous_store(rank, wait_s)
-    if store is None:
-        _say(f"error: {message}")
+        if store is None and rank != 0:
+            rank_of_lone = rank
+    if store is None:  # a lone process, or a rank that could not reach rank 0: it says its own, with its rank
+        _say(f"error: {message}" if rank_of_lone is None else f"error: rank {rank_of_lone}: {message}")
         return
     if rank == 0:
         _say(f"error: {message}")
