@@ -32,9 +32,18 @@ def dot_precision(dtype: torch.dtype) -> str:
     (`torch.set_float32_matmul_precision`: "highest", the default, is IEEE fp32 as cuBLAS computes the torch
     reference; "high" or "medium" allow TF32 tensor cores, as they do for torch's matmuls); 16-bit inputs
     multiply exactly on the tensor cores whatever it says."""
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+    if dtype != torch.float32:
+        return "tf32"
+    # torch >= 2.9's per-backend setting (torch.backends.cuda.matmul.fp32_precision "ieee"/"tf32"/"none"); with it
+    # set, the legacy getter raises rather than mix the two APIs.
+    new_api = getattr(getattr(getattr(torch.backends, "cuda", None), "matmul", None), "fp32_precision", "none")
+    if new_api in ("ieee", "tf32"):
+        return new_api
+    try:
+        legacy = torch.get_float32_matmul_precision()
+    except RuntimeError:
         return "ieee"
-    return "tf32"
+    return "ieee" if legacy == "highest" else "tf32"
 
 
 class GradientsInForward(torch.autograd.Function):

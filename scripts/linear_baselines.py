@@ -42,7 +42,7 @@ def score(scores: np.ndarray, y_test: np.ndarray, y_train: np.ndarray, ks=(1, 3,
     from xmtc.metrics import MetricSums, propensity
 
     # Deep enough for every k and for every positive decision value (the set metrics count them all).
-    depth = max(max(ks), int((scores > 0).sum(1).max()))
+    depth = max(max(ks), int((scores > 0).sum(1).max(initial=0)))
     ranked = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
     predicted = np.take_along_axis(scores > 0, ranked, 1)
     rows, cols = np.nonzero(y_test)

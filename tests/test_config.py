@@ -137,5 +137,8 @@ def test_an_enabled_monitor_needs_its_package(monkeypatch):
     with pytest.raises(ConfigError, match=r"^config key 'deepspeed.wandb.enabled' is true but the xmtc_no_such_package package is not installed"):
         config_checks.check_monitor_packages({"wandb": {"enabled": True}})
     config_checks.check_monitor_packages({"wandb": {"enabled": False}, "csv_monitor": {"enabled": True}})
+    config_checks.check_monitor_packages({"wandb": {"enabled": "false"}})  # DeepSpeed reads the string as False
+    with pytest.raises(ConfigError):
+        config_checks.check_monitor_packages({"wandb": {"enabled": "true"}})
     monkeypatch.setitem(config_checks.MONITOR_PACKAGES, "wandb", "numpy")  # installed: fine
     config_checks.check_monitor_packages({"wandb": {"enabled": True}})

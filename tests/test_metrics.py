@@ -55,8 +55,9 @@ def test_psndcg_by_hand():
 
 
 def _dense_metrics(scores, truth, inv_p, predicted, k):
-    """PSnDCG@k and macro F1 written the other way round: dense document x label matrices, as pyxclib and
-    scikit-learn compute them."""
+    """PSnDCG@k and macro F1 written the other way round: dense document x label matrices, as pyxclib's
+    `psndcg` and scikit-learn's `f1_score(average="macro", labels=<labels in the truth or the predictions>)`
+    compute them."""
     n, L = truth.shape
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     ideal = np.argsort(-(truth * inv_p), axis=1, kind="stable")[:, :k]
@@ -172,3 +173,7 @@ def test_the_linear_baselines_score_dense_decisions_like_their_direct_formulas()
     assert m["micro_f1"] == pytest.approx(2 * tp / (predicted.sum() + y_test.sum()))
     assert m["hamming_loss"] == pytest.approx((predicted != (y_test == 1)).mean())
     assert m["num_docs"] == 50
+    tp, fp, fn = (predicted & (y_test == 1)).sum(0), (predicted & (y_test == 0)).sum(0), (~predicted & (y_test == 1)).sum(0)
+    seen = tp + fp + fn > 0
+    assert m["macro_f1"] == pytest.approx(np.mean(2 * tp[seen] / (2 * tp[seen] + fp[seen] + fn[seen])))
+    assert module.score(scores[:0], y_test[:0], y_train)["num_docs"] == 0  # an empty test split

@@ -399,6 +399,11 @@ def test_a_run_evaluates_from_anywhere_and_other_files_without_its_data(tmp_path
         assert own[key] == pytest.approx(final[key], abs=1e-6), key
     assert sorted(p.name for p in (project / ".cache" / "xmtc").iterdir()) == caches  # read, not rebuilt
 
+    # The cache gone, the data still where the run trained: the cache is rebuilt there, not in this directory.
+    shutil.rmtree(project / ".cache")
+    evaluate_run(out, tmp_path)
+    assert sorted(p.name for p in (project / ".cache" / "xmtc").iterdir()) == caches
+
     # The data and its cache gone: other files still evaluate (PSP@k from corpus.json's counts), to the same numbers;
     # the test split cannot, and says so.
     shutil.copy(project / "data" / "test_texts.txt", tmp_path / "t.txt")
@@ -412,6 +417,11 @@ def test_a_run_evaluates_from_anywhere_and_other_files_without_its_data(tmp_path
     gone = _module("xmtc.evaluate", "--run", str(out))
     assert gone.returncode == 2 and gone.stderr.strip().startswith("error: data.path 'data' (relative to the current directory"), gone.stderr
     assert gone.stderr.strip().endswith(f"(nor under {project}, where {out} trained)") and len(gone.stderr.strip().splitlines()) == 1, gone.stderr
+    # A damaged corpus.json is as none: predict (which needs none of it) still runs.
+    (out / "corpus.json").write_text(json.dumps({"label_counts": record["label_counts"]}))
+    (tmp_path / "two.txt").write_text("alpha beta\ngamma\n")
+    predicted = _module("xmtc.predict", "--run", str(out), "--texts", str(tmp_path / "two.txt"))
+    assert predicted.returncode == 0 and len(predicted.stdout.splitlines()) == 2, predicted.stderr
     # A run without corpus.json (written before it existed): other files need its data for the label counts.
     (out / "corpus.json").unlink()
     older = _module("xmtc.evaluate", "--run", str(out), *files)
@@ -489,3 +499,24 @@ def test_predict_and_evaluate_write_dev_stdout_to_stdout(zero0, tmp_path):
     metrics, end = json.JSONDecoder().raw_decode(evaluated.stdout)
     assert metrics["P@1"] == pytest.approx(final["P@1"], abs=1e-6) and "P@1" in evaluated.stdout[end:]
     assert '"P@1"' not in evaluated.stderr
+
+
+def test_predict_and_evaluate_keep_the_runs_kernel_choice(zero0, tmp_path):
+    # With --device auto a GPU machine evaluates on the GPU: a run that ruled the Triton kernels out
+    # (model.kernels "torch") must stay on torch there; a "triton" run loaded on the CPU falls back to torch.
+    from xmtc import ops
+    from xmtc.checkpoint import load_run
+
+    out, _ = zero0
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    previous = ops.set_kernel_backend(None)
+    try:
+        for kernels, expected in (("torch", "torch"), ("triton", "auto"), ("auto", "auto")):
+            cfg = json.loads((copy / "config.json").read_text())
+            cfg["model"]["kernels"] = kernels
+            (copy / "config.json").write_text(json.dumps(cfg))
+            load_run(copy, need_data=False)
+            assert ops.kernel_backend() == expected, kernels
+    finally:
+        ops.set_kernel_backend(previous)

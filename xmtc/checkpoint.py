@@ -219,8 +219,12 @@ def read_corpus_record(run_dir: Path) -> dict | None:
         record = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or not isinstance(record.get("label_counts"), list):
+    if not isinstance(record, dict):
         return None
+    counts, docs, where = record.get("label_counts"), record.get("train_documents"), record.get("working_directory")
+    if (not isinstance(counts, list) or not all(isinstance(c, int) and c >= 0 for c in counts)
+            or not isinstance(docs, int) or docs < 0 or not isinstance(where, str)):
+        return None  # damaged: as if absent (predict needs none of it; evaluate then reads the data)
     return record
 
 
@@ -239,6 +243,10 @@ def rebase_data_paths(data, base: str | None):
         value = getattr(data, key)
         if value and not Path(value).is_absolute() and (Path(base) / value).exists():
             changes[key] = str(Path(base) / value)
+    if changes and data.cache_dir and not Path(data.cache_dir).is_absolute():
+        # The data is the run's own, found where it trained: so is its cache (rebuilt there if it was removed),
+        # not a new one in whatever directory evaluate runs from.
+        changes["cache_dir"] = str(Path(base) / data.cache_dir)
     return dataclasses.replace(data, **changes)
 
 
@@ -330,4 +338,10 @@ def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu", n
         detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:200]
         raise UserError(f"the checkpoint {ckpt_dir / tag} does not fit the model that {run_dir / 'config.json'} builds "
                         f"({detail}); was config.json edited after the run?") from None
+    # The run's kernel choice holds where it can: "torch" (a run that ruled the Triton kernels out) stays torch on a
+    # GPU too; "triton" on a CPU falls back to the torch reference (auto) rather than refusing to run.
+    from xmtc import ops
+
+    kernels = cfg.model.kernels
+    ops.set_kernel_backend_from_config("auto" if kernels == "triton" and torch.device(device).type != "cuda" else kernels)
     return cfg, model.to(device=device, dtype=dtype).eval(), corpus

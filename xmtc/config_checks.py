@@ -105,6 +105,13 @@ MONITOR_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet": "co
 """DeepSpeed monitors of the deepspeed section -> the package each imports when enabled (csv_monitor needs none)."""
 
 
+def _enabled(value) -> bool:
+    """A monitor's `enabled` as DeepSpeed's config models (pydantic) read it: true, 1, "true", "yes", "on", ..."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "t", "yes", "y", "on")
+    return bool(value) if isinstance(value, (bool, int)) else False
+
+
 def check_monitor_packages(deepspeed_section: dict) -> None:
     """Raise ConfigError for an enabled DeepSpeed monitor whose package is not installed: DeepSpeed would
     import it only after the data and the model are built, and stop with a traceback."""
@@ -112,7 +119,7 @@ def check_monitor_packages(deepspeed_section: dict) -> None:
 
     for key, package in MONITOR_PACKAGES.items():
         block = deepspeed_section.get(key)
-        if isinstance(block, dict) and block.get("enabled") and importlib.util.find_spec(package) is None:
+        if isinstance(block, dict) and _enabled(block.get("enabled")) and importlib.util.find_spec(package) is None:
             extra = " (or pip install 'xmtc[tensorboard]')" if key == "tensorboard" else ""
             raise ConfigError(f"config key 'deepspeed.{key}.enabled' is true but the {package} package is not installed; "
                               f"pip install {package}{extra}, or disable the monitor")

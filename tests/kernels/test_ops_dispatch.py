@@ -106,3 +106,13 @@ def test_fp32_dots_follow_torchs_float32_matmul_precision():
         assert dot_precision(torch.bfloat16) == "tf32"
     finally:
         torch.set_float32_matmul_precision(before)
+    # torch's newer per-backend setting: once it is set the legacy getter raises; it is read first. In a child
+    # process: the setting is process-wide, and the legacy getter would keep raising in later tests.
+    import subprocess
+    import sys
+
+    script = ("import torch\nfrom kernels import dot_precision\nfor s in ('tf32', 'ieee'):\n"
+              "    torch.backends.cuda.matmul.fp32_precision = s\n    print(dot_precision(torch.float32))\n")
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.split() == ["tf32", "ieee"], proc.stderr[-2000:]
