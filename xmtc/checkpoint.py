@@ -283,10 +283,13 @@ def inference_device(name: str) -> torch.device:
 
 
 def add_inference_arguments(parser) -> None:
-    """The options xmtc.predict and xmtc.evaluate share: where and in what batches the model runs."""
+    """The options xmtc.predict and xmtc.evaluate share: where and in what batches the model runs, and its progress."""
+    import argparse
+
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the model runs (default auto: the first CUDA device when one is visible, else the CPU)")
     parser.add_argument("--batch-size", type=int, default=None, help="documents per forward pass (default: the run's eval.batch_size)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar on stderr (a terminal only)")
 
 
 def check_batch_size(batch_size: int | None) -> None:

@@ -25,7 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the metrics here")
     p.add_argument("--bad-lines", choices=("error", "skip"), default=None,
                    help="an empty or undecodable line in --texts/--labels: stop (error) or skip it (default: the run's data.bad_lines)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar on stderr (a terminal only)")
     from xmtc.checkpoint import add_inference_arguments
 
     add_inference_arguments(p)

@@ -24,6 +24,13 @@ def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torc
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def progress_bar(total: int, desc: str):
+    """A tqdm bar over documents on stderr (documents/s, ETA), shown only when stderr is a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="doc", file=sys.stderr, disable=None, dynamic_ncols=True, mininterval=1.0)
+
+
 @torch.no_grad()
 def evaluate(model, dataset, cfg: Config, data_rank: int, data_world_size: int, device: torch.device,
              label_counts: np.ndarray, num_train_docs: int, counts: bool = True, progress: bool = False) -> dict:
@@ -47,11 +54,7 @@ def evaluate(model, dataset, cfg: Config, data_rank: int, data_world_size: int, 
     mine = eval_range(len(dataset), data_rank, data_world_size)
     bs = cfg.eval.batch_size
     most = math.ceil(len(dataset) / data_world_size)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(mine), desc="evaluate", unit="doc", file=sys.stderr, disable=None, dynamic_ncols=True, mininterval=1.0)
+    bar = progress_bar(len(mine), "evaluate") if progress else None
     for start in range(0, max(most, 1), bs):
         lo, hi = mine.start + start, min(mine.start + start + bs, mine.stop)
         real = hi > lo

@@ -26,17 +26,14 @@ def predict_pairs(model, corpus, texts: list[str], k: int, max_len: int, batch_s
                   progress: bool = False) -> list[list[tuple[str, float]]]:
     """(label name, score) pairs of each text, best first; the model runs where its parameters are.
     `progress`: a tqdm bar on stderr (documents, documents/s, ETA), shown only on a terminal."""
-    from tqdm.auto import tqdm
-
     from xmtc.data import collate, encode_texts
-    from xmtc.evaluation import move
+    from xmtc.evaluation import move, progress_bar
 
     out = []
     sets = getattr(model, "predicts_sets", False)
     depth = max(k, model.max_set_size) if sets else k  # a set is printed whole, never cut to k
     device = next(model.parameters()).device
-    bar = tqdm(total=len(texts), desc="predict", unit="doc", file=sys.stderr, disable=None if progress else True,
-               dynamic_ncols=True, mininterval=1.0)
+    bar = progress_bar(len(texts), "predict") if progress else None
     for start in range(0, len(texts), batch_size):
         ids = encode_texts(corpus.tokenizer, texts[start : start + batch_size], max_len)
         rows = [{"input_ids": row, "labels": []} for row in ids]
@@ -46,8 +43,10 @@ def predict_pairs(model, corpus, texts: list[str], k: int, max_len: int, batch_s
         for s_row, i_row in zip(scores.float().tolist(), idx.tolist()):
             pairs = [(corpus.label_names[i], s) for i, s in zip(i_row, s_row) if i >= 0]
             out.append(pairs[: k if not sets else None])
-        bar.update(len(ids))
-    bar.close()
+        if bar is not None:
+            bar.update(len(ids))
+    if bar is not None:
+        bar.close()
     return out
 
 
@@ -71,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default=None, help="checkpoint tag (default: the selected one, checkpoints/best.json, if the run selected one, else latest)")
     p.add_argument("--out", default="-", help="output file (default: stdout)")
     p.add_argument("--format", choices=("text", "jsonl"), default="text", help="text: label:score ...; jsonl: one JSON object per line")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar on stderr (a terminal only)")
     from xmtc.checkpoint import add_inference_arguments
 
     add_inference_arguments(p)
