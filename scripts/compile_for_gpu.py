@@ -64,9 +64,11 @@ def _signature(fn: JITFunction, pointers: dict[str, str], constants: dict, dtype
 def cases(dtypes: list[str]):
     """(label, kernel, pointer dtypes, constants, num_warps, num_stages, 16-divisible scalars) for each
     kernel at the tiles the launchers use on a GPU (kernels.masked_softmax._Plan, fused_linear_bce._bce_configs,
-    dynamic_max_pool's launchers), for the label counts and widths of the shipped configs."""
+    dynamic_max_pool's launchers), for the label counts and widths of the shipped configs. With fp32, the kernels
+    that hold a `tl.dot` come again as "fp32-tf32": fp32 inputs on TF32 tensor cores (what
+    torch.set_float32_matmul_precision("high") selects), at every tile and autotune config as well."""
     for dt in dtypes:
-        prec = "ieee" if dt == "fp32" else "tf32"
+        variants = [(dt, "ieee" if dt == "fp32" else "tf32")] + ([("fp32-tf32", "tf32")] if dt == "fp32" else [])
         stats = {"max_ptr": "fp32", "sum_ptr": "fp32", "emitted_ptr": "i64", "shift_ptr": "fp32", "c_ptr": "fp32",
                  "ebar_ptr": "fp32", "out_ptr": "fp32"}
         # (BLOCK_B, BLOCK_L, BLOCK_D, table): no table (bandwidth-bound); with a table, a small and a full batch.
@@ -74,40 +76,28 @@ def cases(dtypes: list[str]):
             tile = {"BLOCK_B": bb, "BLOCK_L": bl, "BLOCK_T": 32}
             yield f"{dt} masked_softmax stats {bb}x{bl}", ms._stats_kernel, stats, tile, 4, 3, ()
             yield f"{dt} masked_softmax grad_row_sum {bb}x{bl}", ms._grad_row_sum_kernel, stats, tile, 4, 3, ()
-            for log in (False, True):
-                yield (f"{dt} masked_softmax forward {bb}x{bl}x{bd} log={log} table={table}", ms._forward_kernel, stats,
-                       dict(tile, LOG=log, WRITE_P=True, HAS_TABLE=table, PRECISION=prec, BLOCK_D=bd), 4, 3, ())
-                yield (f"{dt} masked_softmax dlogits {bb}x{bl}x{bd} log={log} table={table}", ms._dlogits_kernel, stats,
-                       dict(tile, LOG=log, HAS_GP=True, HAS_TABLE=table, ADD_C=True, PRECISION=prec, BLOCK_D=bd), 4, 3, ())
-            if table:
-                yield (f"{dt} masked_softmax dtable {bb}x{bl}x{bd}", ms._dtable_kernel, stats,
-                       dict(tile, PRECISION=prec, BLOCK_D=bd), 4, 3, ())
+            for name, prec in variants[:None if table else 1]:  # without a table no dot is traced
+                for log in (False, True):
+                    yield (f"{name} masked_softmax forward {bb}x{bl}x{bd} log={log} table={table}", ms._forward_kernel, stats,
+                           dict(tile, LOG=log, WRITE_P=True, HAS_TABLE=table, PRECISION=prec, BLOCK_D=bd), 4, 3, ())
+                    yield (f"{name} masked_softmax dlogits {bb}x{bl}x{bd} log={log} table={table}", ms._dlogits_kernel, stats,
+                           dict(tile, LOG=log, HAS_GP=True, HAS_TABLE=table, ADD_C=True, PRECISION=prec, BLOCK_D=bd), 4, 3, ())
+                if table:
+                    yield (f"{name} masked_softmax dtable {bb}x{bl}x{bd}", ms._dtable_kernel, stats,
+                           dict(tile, PRECISION=prec, BLOCK_D=bd), 4, 3, ())
         bce = {"label_start_ptr": "i64", "pos_row_ptr": "i64", "pos_label_ptr": "i64", "loss_ptr": "fp32"}
-        for c in fb._bce_configs():
-            yield (f"{dt} fused_linear_bce chunk {c.kwargs} w{c.num_warps} s{c.num_stages}", fb._linear_bce_chunk_kernel, bce,
-                   dict(c.kwargs, HAS_BIAS=True, WRITE_DZ=True, SQUARED_HINGE=False, PRECISION=prec), c.num_warps,
-                   c.num_stages, ("H", "stride_f", "stride_w", "stride_dz"))
-        yield (f"{dt} fused_linear_bce grad_features 64x64x64", fb._grad_features_kernel, {"out_ptr": "fp32"},
-               {"PRECISION": prec, "BLOCK_B": 64, "BLOCK_K": 64, "BLOCK_H": 64}, 4, 3, ())
+        for name, prec in variants:
+            for c in fb._bce_configs():
+                yield (f"{name} fused_linear_bce chunk {c.kwargs} w{c.num_warps} s{c.num_stages}", fb._linear_bce_chunk_kernel,
+                       bce, dict(c.kwargs, HAS_BIAS=True, WRITE_DZ=True, SQUARED_HINGE=False, PRECISION=prec), c.num_warps,
+                       c.num_stages, ("H", "stride_f", "stride_w", "stride_dz"))
+            yield (f"{name} fused_linear_bce grad_features 64x64x64", fb._grad_features_kernel, {"out_ptr": "fp32"},
+                   {"PRECISION": prec, "BLOCK_B": 64, "BLOCK_K": 64, "BLOCK_H": 64}, 4, 3, ())
         for bp, bw in ((32, 64), (32, 4)):
             yield (f"{dt} dynamic_max_pool forward {bp}x{bw}", dp._dynamic_max_pool_fwd_kernel, {"arg_ptr": "i32"},
                    {"HAS_BIAS": True, "RELU": True, "BLOCK_P": bp, "BLOCK_W": bw}, 4, 3, ())
         yield (f"{dt} dynamic_max_pool backward 1024", dp._dynamic_max_pool_bwd_kernel, {"arg_ptr": "i32"},
                {"BLOCK_T": 1024}, 4, 3, ())
-        if dt == "fp32":  # fp32 inputs on TF32 tensor cores (torch.set_float32_matmul_precision("high")): each dot kernel once
-            tile = {"BLOCK_B": 64, "BLOCK_L": 64, "BLOCK_T": 32}
-            yield ("fp32-tf32 masked_softmax forward 64x64x128", ms._forward_kernel, stats,
-                   dict(tile, LOG=False, WRITE_P=True, HAS_TABLE=True, PRECISION="tf32", BLOCK_D=128), 4, 3, ())
-            yield ("fp32-tf32 masked_softmax dlogits 64x64x128", ms._dlogits_kernel, stats,
-                   dict(tile, LOG=False, HAS_GP=True, HAS_TABLE=True, ADD_C=True, PRECISION="tf32", BLOCK_D=128), 4, 3, ())
-            yield ("fp32-tf32 masked_softmax dtable 64x64x128", ms._dtable_kernel, stats,
-                   dict(tile, PRECISION="tf32", BLOCK_D=128), 4, 3, ())
-            c = fb._bce_configs()[-1]
-            yield (f"fp32-tf32 fused_linear_bce chunk {c.kwargs} w{c.num_warps} s{c.num_stages}", fb._linear_bce_chunk_kernel, bce,
-                   dict(c.kwargs, HAS_BIAS=True, WRITE_DZ=True, SQUARED_HINGE=False, PRECISION="tf32"), c.num_warps,
-                   c.num_stages, ("H", "stride_f", "stride_w", "stride_dz"))
-            yield ("fp32-tf32 fused_linear_bce grad_features 64x64x64", fb._grad_features_kernel, {"out_ptr": "fp32"},
-                   {"PRECISION": "tf32", "BLOCK_B": 64, "BLOCK_K": 64, "BLOCK_H": 64}, 4, 3, ())
 
 
 def compile_one(fn, pointers, constants, dtype, num_warps, num_stages, div16, arch: int) -> dict:

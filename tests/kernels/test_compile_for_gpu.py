@@ -30,9 +30,11 @@ def test_every_kernel_compiles_for_hopper(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     kinds = {" ".join(r["case"].split()[:3]) for r in rows}
     # Each op's kernels, in both dtypes: 20 masked-softmax, 7 fused-BCE and 3 pooling cases per dtype; and the
-    # 5 dot kernels once with fp32 inputs on TF32 (torch.set_float32_matmul_precision("high")).
-    assert len(rows) == 2 * (20 + 7 + 3) + 5 and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
-    assert sum(r["case"].startswith("fp32-tf32 ") for r in rows) == 5
+    # dot kernels again with fp32 inputs on TF32 (torch.set_float32_matmul_precision("high")) at every tile and
+    # autotune config: 10 masked-softmax (2 table tiles x forward, dlogits for log and not, dtable) and 7 fused-BCE.
+    assert len(rows) == 2 * (20 + 7 + 3) + 17 and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
+    tf32 = [r["case"] for r in rows if r["case"].startswith("fp32-tf32 ")]
+    assert len(tf32) == 17 and sum(" chunk " in c for c in tf32) == 6 and sum(" dtable " in c for c in tf32) == 2, tf32
     assert {f"{dt} {op}" for dt in ("fp32", "bf16") for op in (
         "masked_softmax forward", "masked_softmax dlogits", "masked_softmax dtable", "masked_softmax stats",
         "fused_linear_bce chunk", "fused_linear_bce grad_features", "dynamic_max_pool forward", "dynamic_max_pool backward",
