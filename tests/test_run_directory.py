@@ -195,6 +195,12 @@ def test_evaluate_refuses_a_corpus_other_than_the_trained_one(tmp_path):
         check_corpus_matches_run(tmp_path, types.SimpleNamespace(**{**vars(corpus), "label_names": ["acq", "earn"]}))
     with pytest.raises(UserError, match="its tokenizer/ differs"):
         check_corpus_matches_run(tmp_path, types.SimpleNamespace(**{**vars(corpus), "tokenizer": WhitespaceTokenizer(["fig", "apple"])}))
+    # A run of an earlier xmtc, whose tokenizer cut words at combining marks: the same words still match (ASCII
+    # text splits as before); other words are that change, said as such, not as changed data.
+    WhitespaceTokenizer(["apple", "fig"], marks=False).save(tmp_path / "tokenizer")
+    check_corpus_matches_run(tmp_path, corpus)
+    with pytest.raises(UserError, match="earlier xmtc whose whitespace tokenizer cut words at combining marks"):
+        check_corpus_matches_run(tmp_path, types.SimpleNamespace(**{**vars(corpus), "tokenizer": WhitespaceTokenizer(["apple", "café"])}))
     # Label names as a table may give them: U+2028, U+0085 and a form feed are not line breaks of labels.txt.
     odd = types.SimpleNamespace(**{**vars(corpus), "label_names": ["Foo\u2028Bar", "a\x85b", "c\x0cd", "e\u00a0f"]})
     (tmp_path / "labels.txt").write_bytes(("\n".join(odd.label_names) + "\n").encode())

@@ -197,7 +197,11 @@ def check_corpus_matches_run(run_dir: Path, corpus) -> None:
         raise UserError(f"the data behind {run_dir} changed since it trained: its labels.txt differs from the labels of "
                         f"{corpus.cache_path} ({corpus.num_labels}); point the run's config.json at the data it trained on")
     saved = run_dir / "tokenizer"
-    if saved.is_dir() and tokenizer_state(load_tokenizer(saved)) != tokenizer_state(corpus.tokenizer):
+    if saved.is_dir() and tokenizer_state(trained := load_tokenizer(saved)) != tokenizer_state(corpus.tokenizer):
+        if getattr(trained, "marks", True) is False and getattr(corpus.tokenizer, "marks", False):
+            raise UserError(f"{run_dir} trained with an earlier xmtc whose whitespace tokenizer cut words at combining "
+                            f"marks (accents, vowel signs), so its vocabulary cannot be rebuilt from {corpus.cache_path}; "
+                            f"evaluate its test split with --texts/--labels, which use the run's own tokenizer/")
         raise UserError(f"the data behind {run_dir} changed since it trained: its tokenizer/ differs from the one of "
                         f"{corpus.cache_path}; point the run's config.json at the data it trained on")
 

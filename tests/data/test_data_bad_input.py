@@ -377,3 +377,25 @@ def test_a_utf16_or_utf32_file_is_named_not_read_as_garbage(tmp_path, encoding, 
     with raises(f"{path} is {name} (it starts with a {name} byte-order mark), not UTF-8; convert it, e.g. iconv -f {name} -t UTF-8"):
         read_texts(path, "skip")
     assert read_texts(write_lines(tmp_path / "bom8.txt", "\ufeff" .encode("utf-8") + text.encode("utf-8")))[0] == ["first doc", "second doc"]
+
+
+def test_an_unreadable_file_is_one_sentence(small_xmtc, make_cfg, monkeypatch):
+    # A data file without read permission (a shared dataset's group bits) stopped the run with a PermissionError traceback.
+    import builtins
+    import io
+
+    target = small_xmtc / "train_labels.txt"
+    target.chmod(0)
+    real_open = io.open
+
+    def deny(file, *args, **kwargs):  # as chmod 0 does for anyone but root, who runs this container's tests
+        if isinstance(file, (str, Path)) and Path(file).resolve() == target.resolve():
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", deny)
+    monkeypatch.setattr(builtins, "open", deny)
+    with raises(f"{target} cannot be read (Permission denied)"):
+        load(make_cfg, small_xmtc)
+    with raises(f"{target} cannot be read (Permission denied)"):
+        read_texts(target)

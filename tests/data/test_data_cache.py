@@ -106,6 +106,8 @@ def test_stale_temporary_directory_is_removed(small_xmtc, make_cfg, cache_dir):
 
 
 def test_an_unwritable_cache_serves_what_it_holds_and_refuses_to_build(tmp_path):
+    import tempfile
+
     from xmtc.config import DataConfig
     from xmtc.data.tables import scratch_dir
 
@@ -118,7 +120,9 @@ def test_an_unwritable_cache_serves_what_it_holds_and_refuses_to_build(tmp_path)
     (tmp_path / "cache" / "hf").rmdir()
     (tmp_path / "cache" / "hf").write_text("")
     assert list(loader.whole_train_token_ids(load_corpus(cfg, SyntheticConfig()), cfg, SyntheticConfig())) == [[2, 3], [4]]
-    assert Path(scratch_dir(str(tmp_path / "cache" / "hf"))).parent != tmp_path / "cache"
+    fallback = Path(scratch_dir(str(tmp_path / "cache" / "hf")))  # not beside the cache: in the system's temporary directory
+    assert fallback.parent == Path(tempfile.gettempdir()) and fallback.name.startswith("xmtc-read-") and fallback.is_dir()
+    fallback.rmdir()
     # What a killed read left a day ago is removed by the next read; a recent one (another process's) is not.
     import os
     import time
@@ -253,3 +257,22 @@ def test_validation_indices_are_a_seeded_partition():
     assert len(loader.validation_indices(5, 0.01, seed=0)[1]) == 1  # at least one document
     with pytest.raises(ConfigError, match="would hold out all 2 training documents"):
         loader.validation_indices(2, 0.9, seed=0)
+
+
+def test_a_full_disk_during_the_build_is_one_sentence(small_xmtc, make_cfg, cache_dir, monkeypatch):
+    # A write that fails while the corpus is saved (ENOSPC, a quota, EFBIG) stopped the run with an OSError traceback.
+    import errno
+    import re
+
+    import datasets
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", full)
+    with pytest.raises(DataError, match=f"^the cache directory {re.escape(cache_dir)} \\(config key 'data.cache_dir'\\) could "
+                                        r"not be written \(No space left on device\); free space there or point"):
+        load(make_cfg, small_xmtc)
+    assert [p.name for p in Path(cache_dir).iterdir() if not p.name.endswith(".lock")] == ["file_hashes"]  # no half-built copy
+    monkeypatch.undo()
+    assert not load(make_cfg, small_xmtc).cache_hit

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import TEST_LABELS, TEST_TEXTS, TRAIN_LABELS, TRAIN_TEXTS, write_lines
+from data_helpers import TEST_LABELS, TEST_TEXTS, TRAIN_LABELS, TRAIN_TEXTS, write_lines, write_xmtc
 
 from xmtc.config import DataError, SyntheticConfig
 from xmtc.data import load_corpus
@@ -156,3 +156,45 @@ def test_csv_with_one_numeric_label_per_row(tmp_path, make_cfg):
     test = write_lines(tmp_path / "test.csv", ["text,labels", "fig,12"])
     corpus = load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test)), SyntheticConfig())
     assert corpus.label_names == ["7", "12"] and corpus.test["labels"] == [[1]]
+
+
+def test_words_keep_their_combining_marks(tmp_path, make_cfg):
+    # `\w` holds no combining mark (Unicode category M): `\w+` cut "हिन्दी" into "ह", "न", "द", dropping its vowel
+    # signs and virama, and split a decomposed "é" (e + U+0301) off its word.
+    import unicodedata
+
+    from xmtc.data import load_tokenizer
+
+    french = unicodedata.normalize("NFD", "Café naïve café")
+    root = write_xmtc(tmp_path / "d", train_texts=["हिन्दी भाषा", "தமிழ் மொழி", french], train_labels=["hi", "ta", "fr"],
+                      test_texts=["हिन्दी", "भष cafe"], test_labels=["hi", "hi"])
+    corpus = load_corpus(make_cfg(format="xmtc_text", path=str(root)), SyntheticConfig())
+    cafe, naive = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFD", "naïve")
+    assert corpus.tokenizer.words == [cafe] + sorted([naive, "தமிழ்", "மொழி", "हिन्दी", "भाषा"])  # café twice
+    assert corpus.train["input_ids"][0] == [corpus.tokenizer.index["हिन्दी"], corpus.tokenizer.index["भाषा"]]
+    assert corpus.train["input_ids"][2] == [2, corpus.tokenizer.index[naive], 2]
+    assert corpus.test["input_ids"] == [[corpus.tokenizer.index["हिन्दी"]], [1, 1]]  # "भष", "cafe": other words
+    assert corpus.tokenizer.split("don't e-mail") == ["don", "t", "e", "mail"]  # punctuation still splits
+    assert load_tokenizer(corpus.cache_path).encode("भाषा हिन्दी") == [corpus.tokenizer.index["भाषा"], corpus.tokenizer.index["हिन्दी"]]
+    # The split rule is in the cache key: a corpus cached by the `\w+` split (a key without it) is not served.
+    assert json.loads((corpus.cache_path / "key.json").read_text())["word_marks"] is True
+    # A tokenizer saved before marks were kept (a run's tokenizer/) splits as it did when that run trained.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "tokenizer.json").write_text(json.dumps({"kind": "whitespace", "pretokenized": False, "words": ["ह", "न"]}))
+    assert load_tokenizer(old).encode("हिन्दी") == [2, 3, 1]
+
+
+def test_csv_with_a_document_longer_than_the_csv_modules_field_limit(tmp_path, make_cfg):
+    # The row check read the file with Python's csv module, whose cells stop at 131,072 characters by default:
+    # a long document (a paper, a book chapter) stopped the run with `_csv.Error: field larger than field limit`.
+    import csv
+
+    long_text = " ".join(["apple"] * 30_000 + ["fig"] * 10_000)  # 229,999 characters
+    train = write_lines(tmp_path / "train.csv", ["text,labels", f"{long_text},a", "fig,b"])
+    test = write_lines(tmp_path / "test.csv", ["text,labels", "fig apple,b"])
+    limit = csv.field_size_limit()
+    corpus = load_corpus(make_cfg(format="table", train_file=str(train), test_file=str(test), max_len=3), SyntheticConfig())
+    assert corpus.train["input_ids"] == [[2, 2, 2], [3]] and corpus.stats["train_truncated"] == 1
+    assert corpus.tokenizer.words == ["apple", "fig"] and corpus.test["input_ids"] == [[3, 2]]
+    assert csv.field_size_limit() == limit  # the process-wide limit is left as it was

@@ -50,9 +50,12 @@ def file_fingerprint(path: str | os.PathLike, memo_dir: str | os.PathLike | None
         except (OSError, ValueError, AttributeError):
             pass
     digest = hashlib.sha256()
-    with open(p, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
+    try:
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    except OSError as e:
+        raise DataError(f"{path} cannot be read ({e.strerror or e})") from e
     fingerprint = {"size": st.st_size, "sha256": digest.hexdigest()}
     if memo is not None:
         try:
@@ -95,8 +98,8 @@ def build_once(root: str | os.PathLike, key: str, inputs: dict[str, Any], build:
         if final.exists():  # not complete, so not ours to trust: a leftover of an older layout
             shutil.rmtree(final)
         tmp = root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
         try:
+            tmp.mkdir()
             (tmp / "key.json").write_text(json.dumps({"key": key, "cache_version": CACHE_VERSION, **inputs}, indent=2, default=str))
             build(tmp)
             if not _is_complete(tmp):
@@ -109,6 +112,10 @@ def build_once(root: str | os.PathLike, key: str, inputs: dict[str, Any], build:
                 # Only a process that bypassed the lock (a filesystem without locks) can get here: use its copy.
                 shutil.rmtree(tmp, ignore_errors=True)
                 return final, True
+        except OSError as e:  # a write into the cache failed: a full disk, a quota (reading errors are DataErrors)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DataError(f"the cache directory {root} (config key 'data.cache_dir') could not be written ({e.strerror or e}); "
+                            "free space there or point data.cache_dir at another directory") from e
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

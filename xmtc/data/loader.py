@@ -172,6 +172,7 @@ def cache_inputs(data: DataConfig, source: dict[str, Any]) -> dict[str, Any]:
     }
     if data.tokenizer == "whitespace":
         inputs["min_count"] = data.min_count
+        inputs["word_marks"] = True  # words keep their combining marks: a cache of the `\w+` split is not served
     else:
         inputs["spm_sample"] = [tok.SPM_TRAIN_CHARS, tok.SPM_LINE_WORDS, tok.SPM_LINE_BYTES, tok.SPM_TRAIN_THREADS]
     return inputs

@@ -126,7 +126,10 @@ def read_lines(path: str | os.PathLike) -> list[str | None]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist or is not a file")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:  # no read permission, an I/O error of a network filesystem
+        raise DataError(f"{path} cannot be read ({e.strerror or e})") from e
     if not data:
         return []
     for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),

@@ -217,27 +217,35 @@ def _parquet_rows(path: Path) -> int | None:
         return None
 
 
+CSV_FIELD_LIMIT = 2**31 - 1
+"""Characters a CSV cell may hold (the most the csv module takes on every platform)."""
+
+
 def _check_csv_fields(path: Path) -> int:
     """A CSV row with more fields than the header stops the run, naming its line: pandas would shift every
     column of the file by one (an unquoted comma in a text) or drop the extra cells. Fewer fields are missing
     cells, which the bad-lines policy handles (a document without labels). Returns the number of rows."""
     import csv
 
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        header: list[str] | None = None
-        start, rows = 1, 0
-        for row in reader:
-            if row:
-                rows += header is not None
-                if header is None:
-                    header = row
-                elif len(row) > len(header):
-                    raise DataError(
-                        f"{path} line {start} has {len(row)} fields but its header has {len(header)} "
-                        f"({', '.join(header)}); quote a cell that holds a comma"
-                    )
-            start = reader.line_num + 1
+    limit = csv.field_size_limit(CSV_FIELD_LIMIT)  # the csv module's default, 131,072 characters, is a long document
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            header: list[str] | None = None
+            start, rows = 1, 0
+            for row in reader:
+                if row:
+                    rows += header is not None
+                    if header is None:
+                        header = row
+                    elif len(row) > len(header):
+                        raise DataError(
+                            f"{path} line {start} has {len(row)} fields but its header has {len(header)} "
+                            f"({', '.join(header)}); quote a cell that holds a comma"
+                        )
+                start = reader.line_num + 1
+    finally:
+        csv.field_size_limit(limit)
     return rows
 
 

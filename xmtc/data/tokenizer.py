@@ -7,10 +7,13 @@ happens when a corpus is cached (`xmtc.data.loader.encode_texts`) and again in `
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import re
+import sys
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +26,7 @@ from xmtc.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 PAD_ID = 0
 UNK_ID = 1
 WORD = re.compile(r"\w+")
+"""Words of ASCII text, and of any text for a tokenizer saved before words kept their combining marks."""
 SPM_TRAIN_CHARS = 20_000_000
 """SentencePiece trains on a seeded sample of training documents of about this many characters."""
 SPM_LINE_WORDS = 200
@@ -35,14 +39,32 @@ SPM_TRAIN_THREADS = 16
 machine's cores): the same corpus gives the same token ids on every machine."""
 
 
+@functools.cache
+def word_with_marks() -> re.Pattern[str]:
+    """A run of `\\w` and the combining marks (Unicode category M) after its first character. `\\w` holds no
+    mark, so `\\w+` cut "हिन्दी" into "ह", "न", "द" (its vowel signs and virama dropped) and split a decomposed
+    "é" (e + U+0301) off its word. Built on first use: a scan of every code point, a fraction of a second."""
+    runs: list[list[int]] = []
+    for c in range(sys.maxunicode + 1):
+        if unicodedata.category(chr(c))[0] == "M":
+            if runs and runs[-1][1] == c - 1:
+                runs[-1][1] = c
+            else:
+                runs.append([c, c])
+    marks = "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in runs)
+    return re.compile(rf"\w+(?:[{marks}]+\w*)*")
+
+
 class WhitespaceTokenizer:
-    """Lower-cased words (regex `\\w+`, or plain whitespace for pre-tokenized text); ids by training frequency."""
+    """Lower-cased words (`\\w` runs with their combining marks, or plain whitespace for pre-tokenized text); ids by
+    training frequency. `marks=False`: a tokenizer saved before words kept their marks, which splits on `\\w+`."""
 
     kind = "whitespace"
 
-    def __init__(self, words: Sequence[str], pretokenized: bool = False):
+    def __init__(self, words: Sequence[str], pretokenized: bool = False, marks: bool = True):
         self.words = list(words)
         self.pretokenized = pretokenized
+        self.marks = marks
         self.index = {w: i + 2 for i, w in enumerate(self.words)}
 
     @property
@@ -51,7 +73,9 @@ class WhitespaceTokenizer:
 
     def split(self, text: str) -> list[str]:
         text = text.lower()
-        return text.split() if self.pretokenized else WORD.findall(text)
+        if self.pretokenized:
+            return text.split()
+        return (WORD if text.isascii() or not self.marks else word_with_marks()).findall(text)  # ASCII holds no mark
 
     def encode(self, text: str) -> list[int]:
         get = self.index.get
@@ -72,7 +96,7 @@ class WhitespaceTokenizer:
         return cls(kept[: vocab_size - 2], pretokenized)
 
     def save(self, directory: Path) -> None:
-        spec = {"kind": self.kind, "pretokenized": self.pretokenized, "words": self.words}
+        spec = {"kind": self.kind, "pretokenized": self.pretokenized, "marks": self.marks, "words": self.words}
         atomic_write_text(directory / "tokenizer.json", json.dumps(spec, ensure_ascii=False))
 
 
@@ -170,7 +194,7 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     try:
         spec = json.loads((directory / "tokenizer.json").read_text())
         if spec["kind"] == "whitespace":
-            return WhitespaceTokenizer(spec["words"], spec["pretokenized"])
+            return WhitespaceTokenizer(spec["words"], spec["pretokenized"], spec.get("marks", False))
         return SentencePieceTokenizer((directory / spec["model"]).read_bytes())
     except (OSError, KeyError, ValueError) as e:
         raise DataError(f"{directory / 'tokenizer.json'} is missing or unreadable ({e}); delete {directory} to rebuild it") from e
