@@ -142,3 +142,32 @@ def test_an_enabled_monitor_needs_its_package(monkeypatch):
         config_checks.check_monitor_packages({"wandb": {"enabled": "true"}})
     monkeypatch.setitem(config_checks.MONITOR_PACKAGES, "wandb", "numpy")  # installed: fine
     config_checks.check_monitor_packages({"wandb": {"enabled": True}})
+
+
+@pytest.mark.parametrize("precision, blocks, device, expect", [
+    ("auto", {}, "cuda", {"bf16": {"enabled": True}}),
+    ("auto", {}, "cpu", {}),
+    ("auto", {"bf16": {"enabled": False}}, "cuda", {"bf16": {"enabled": False}}),  # auto follows the section
+    ("bf16", {"bf16": {"enabled": True, "immediate_grad_update": True}}, "cpu",
+     {"bf16": {"enabled": True, "immediate_grad_update": True}}),  # the block's other keys are kept
+    ("bf16", {"fp16": {"enabled": False}}, "cpu", {"bf16": {"enabled": True}, "fp16": {"enabled": False}}),
+    ("fp32", {"bf16": {"enabled": False}}, "cuda", {"bf16": {"enabled": False}}),
+    ("bf16", {"bf16": {"enabled": False}}, "cuda", "deepspeed.bf16.enabled is false"),
+    ("bf16", {"fp16": {"enabled": True}}, "cuda", "deepspeed.fp16.enabled is true"),
+    ("fp32", {"bf16": {"enabled": True}}, "cpu", "deepspeed.bf16.enabled is true"),
+    ("fp32", {"fp16": {"enabled": True}}, "cuda", "deepspeed.fp16.enabled is true"),
+])
+def test_train_precision_and_the_deepspeed_blocks_agree_or_are_refused(precision, blocks, device, expect):
+    # Before, train.precision bf16 silently overrode a disabled bf16 block (and dropped its other keys), and turned bf16
+    # on beside an enabled fp16 block; fp32 beside fp16 ran fp16.
+    from xmtc.trainer import resolve_deepspeed_config
+
+    cfg = load_config("debug_xml_cnn", ["--train.precision", precision,
+                                        *[a for k, v in blocks.items() for a in (f"--deepspeed.{k}", json.dumps(v))]])
+    if isinstance(expect, str):
+        with pytest.raises(ConfigError, match=f"'train.precision' is \"{precision}\" but {expect}; set one of them") as e:
+            resolve_deepspeed_config(cfg, 1, device)
+        assert "\n" not in str(e.value)
+    else:
+        ds = resolve_deepspeed_config(cfg, 1, device)
+        assert {k: ds[k] for k in ("bf16", "fp16") if k in ds} == expect

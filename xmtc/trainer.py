@@ -100,16 +100,24 @@ def dropout_seed(seed: int, micro_step: int, rank: int) -> int:
 
 
 def resolve_deepspeed_config(cfg: Config, data_world_size: int, device_type: str) -> dict:
-    """The deepspeed section plus what follows from the rest: batch size and precision."""
+    """The deepspeed section plus what follows from the rest: batch size and precision.
+
+    `train.precision` "auto" defers to a bf16/fp16 block of the deepspeed section when there is one (else bf16
+    on CUDA, fp32 on CPU); "bf16" or "fp32" that a block contradicts (bf16 with `bf16.enabled` false or fp16
+    enabled, fp32 with either enabled) is refused rather than one of the two silently winning."""
     ds = json.loads(json.dumps(cfg.deepspeed))
     ds["train_batch_size"] = cfg.micro_batch_size * cfg.grad_accum * data_world_size
     precision = cfg.train.precision
     if precision == "auto" and not any(k in ds for k in ("bf16", "fp16")):
         precision = "bf16" if device_type == "cuda" else "fp32"
+    enabled = {k: ds[k].get("enabled") for k in ("bf16", "fp16") if isinstance(ds.get(k), dict) and "enabled" in ds[k]}
+    clash = [f"deepspeed.{k}.enabled is {str(bool(v)).lower()}" for k, v in enabled.items()
+             if precision == "fp32" and v or precision == "bf16" and bool(v) != (k == "bf16")]
+    if clash:
+        raise ConfigError(f"config key 'train.precision' is \"{precision}\" but {' and '.join(clash)}; set one of them "
+                          "(train.precision \"auto\" follows the deepspeed section)")
     if precision == "bf16":
-        ds["bf16"] = {"enabled": True}
-    elif precision == "fp32" and ds.get("bf16", {}).get("enabled"):
-        raise ConfigError("config key 'train.precision' is \"fp32\" but deepspeed.bf16.enabled is true; set one of them")
+        ds["bf16"] = {**ds.get("bf16", {}), "enabled": True}  # the block's other settings kept
     return ds
 
 

@@ -58,8 +58,9 @@ def run_profile(config: str, stage: int, ranks: int, shards: int, tmp: Path) -> 
         "--data.cache_dir", str(tmp / "cache"), "--train.output_dir", str(tmp / "run")]
     subprocess.run(cmd, cwd=ROOT, check=True, timeout=1800)
     record = compact(json.loads(full.read_text()))
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / record_name(config, stage, ranks, shards)).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    from xmtc.io import atomic_write_text  # a killed run leaves the old record, not half of a new one for --compare
+
+    atomic_write_text(OUT / record_name(config, stage, ranks, shards), json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
 

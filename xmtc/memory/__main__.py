@@ -88,17 +88,15 @@ def _overrides(args, rest: list[str]) -> list[str]:
 
 
 def planned_dtype(cfg, device: str) -> str:
-    """The dtype the trainer runs `cfg` in on `device` (xmtc.trainer.resolve_deepspeed_config): a deepspeed
-    bf16/fp16 block decides when there is one, else train.precision ("auto": bf16 on CUDA, fp32 on CPU)."""
-    ds = cfg.deepspeed
-    if ds.get("fp16", {}).get("enabled"):
+    """The dtype the trainer runs `cfg` in on `device`, as xmtc.trainer.resolve_deepspeed_config decides it
+    (train.precision bf16/fp32 wins over a deepspeed bf16 block; "auto" defers to it, else bf16 on CUDA)."""
+    from xmtc.trainer import resolve_deepspeed_config
+
+    if cfg.deepspeed.get("fp16", {}).get("enabled"):
         raise ConfigError("config key 'deepspeed.fp16' is enabled; the planner models bf16 and fp32 only "
                           "(fp16 keeps the bytes of bf16 plus a loss scaler): pass --dtype bf16 for that estimate")
-    if "bf16" in ds or "fp16" in ds:
-        return "bf16" if ds.get("bf16", {}).get("enabled") else "fp32"
-    if cfg.train.precision == "auto":
-        return "bf16" if device == "cuda" else "fp32"
-    return cfg.train.precision
+    ds = resolve_deepspeed_config(cfg, 1, device)
+    return "bf16" if ds.get("bf16", {}).get("enabled") else "fp32"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         from xmtc.distributed import teardown  # --measure's process groups
 
         teardown()
+
+
+def _write(flag: str, path: str, write, *args) -> None:
+    """write(path, *args); an OSError (a directory, no permission, a full disk) is one sentence, not a traceback."""
+    try:
+        write(path, *args)
+    except OSError as e:
+        raise UserError(f"{flag} {path} could not be written: {e.strerror or e}") from None
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
@@ -156,10 +162,12 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         for s in stages:
             for k in shards:
                 layout = Layout(n, s, k, dtype, batch, device)
-                if n % k == 0 and not (k > 1 and s == 3) or len(worlds) * len(stages) * len(shards) == 1:
+                possible = n % k == 0 and not (k > 1 and s == 3) and k <= shape.num_labels
+                if possible or len(worlds) * len(stages) * len(shards) == 1:
                     predictions.append(predict(shape, layout))  # a single layout is checked; lists skip impossible ones
     if not predictions:
-        raise ConfigError("none of the requested layouts is possible: label shards must divide the world size and need ZeRO 0-2")
+        raise ConfigError("none of the requested layouts is possible: label shards must divide the world size, "
+                          "need ZeRO 0-2 and at most one shard per label")
     if not main_rank:
         return 0
 
@@ -169,6 +177,10 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         f" (synthetic.num_labels: give --num-labels for the {cfg.data.format} data)"
     out = [report.parameter_table(rows, f"{name}: {cfg.model.name}, {shape.num_labels:,} labels{source}, parameters "
                                         "per layer (meta device)"), "", report.layout_table(predictions)]
+    if cfg.grad_accum > 1:  # measured on debug_xml_cnn, fp32 CPU, 2 micro-batches per step (docs/memory.md)
+        out.append(f"note: gradient_accumulation_steps is {cfg.grad_accum}; the rows are one micro-batch's. Gradients "
+                   "(ZeRO-1/2: grads_in_partition and the reduce bucket) stay allocated between micro-batches and "
+                   "are not counted: measured peaks ran 5-7% above these (the forward up to 65%)")
     estimates = report.estimator_table(predictions)
     if estimates:
         out += ["", estimates]
@@ -204,13 +216,14 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     print("\n".join(out), flush=True)
 
     if args.json:
-        report.write_json(args.json, {
+        _write("--json", args.json, report.write_json, {
             "config": cfg.source, "model": cfg.model.name, "num_labels": shape.num_labels,
             "parameters": {"rows": [vars(r) | {"total": r.total} for r in rows], "total": sum(r.total for r in rows),
                            "seed_total": seed_total(rows), "seed_explanation": seed_explanation(rows)},
             "layouts": [p.to_dict() for p in predictions], "measurement": measured, "fit": fit_doc})
     if args.plot:
-        report.write_plot(args.plot, predictions, f"{name}: per-rank memory at the peak", measured, args.max_memory_gb)
+        _write("--plot", args.plot, report.write_plot, predictions, f"{name}: per-rank memory at the peak", measured,
+               args.max_memory_gb)
     return status
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from xmtc.config import ConfigError
 from xmtc.optim import fused_adam_supported
 
 BUCKET_DEFAULT = 500_000_000
@@ -81,7 +82,7 @@ def zero12_layout(groups: list[list[Param]], dp: int) -> tuple[list[int], list[i
     [r s, (r+1) s) of each and keeps the whole gradient of every parameter overlapping it.
     """
     flats, parts = [], []
-    overlap = [0] * dp
+    changes: dict[int, int] = {}  # rank -> change of the overlap there: ranks first..last of each parameter
     for group in groups:
         numel = sum(p.numel for p in group)
         flat = math.ceil(numel / (2 * dp)) * 2 * dp
@@ -90,11 +91,26 @@ def zero12_layout(groups: list[list[Param]], dp: int) -> tuple[list[int], list[i
         parts.append(part)
         start = 0
         for p in group:
-            first, last = start // part, min(dp - 1, (start + p.numel - 1) // part)
-            for r in range(first, last + 1):
-                overlap[r] += p.numel
+            if p.numel:
+                first, last = start // part, min(dp - 1, (start + p.numel - 1) // part)
+                changes[first] = changes.get(first, 0) + p.numel
+                changes[last + 1] = changes.get(last + 1, 0) - p.numel
             start += p.numel
-    return flats, parts, max(overlap)
+    overlap = worst = 0  # swept rank by rank where it changes: no list of dp ranks (--world-size 1e9)
+    for r in sorted(changes):
+        overlap += changes[r]
+        worst = max(worst, overlap)
+    return flats, parts, worst
+
+
+def zero_setting(zero: dict, key: str, default: int, low: int) -> int:
+    """An element count of the zero_optimization block, checked as DeepSpeed's config does (a whole number >= low)."""
+    value = zero.get(key, default)
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value != int(value) or value < low):
+        raise ConfigError(f"config key 'deepspeed.zero_optimization.{key}' must be a whole number of elements "
+                          f">= {low}, got {value!r}")
+    return int(value)
 
 
 def allreduce_bucket(params: list[Param], limit: int = BUCKET_DEFAULT) -> int:
@@ -136,7 +152,9 @@ def model_state_items(params: list[Param], *, stage: int, dtype: str, dp: int, d
     b = 2 if dtype == "bf16" else 4
     P = sum(p.numel for p in params)
     moments = MOMENT_BYTES.get(optimizer.lower(), 8)
-    bucket = int(zero.get("reduce_bucket_size", BUCKET_DEFAULT))
+    bucket = zero_setting(zero, "reduce_bucket_size", BUCKET_DEFAULT, 1)
+    threshold = zero_setting(zero, "stage3_param_persistence_threshold", PERSISTENCE_DEFAULT, 0)
+    live = zero_setting(zero, "stage3_max_live_parameters", LIVE_DEFAULT, 0)
     groups = optimizer_groups(params, client_optimizer)
     # torch's fused Adam(W) (xmtc.optim) and DeepSpeed's own optimizers step in place, without scratch.
     fused_step = not client_optimizer or fused_adam_supported(device)
@@ -220,7 +238,6 @@ def model_state_items(params: list[Param], *, stage: int, dtype: str, dp: int, d
         return items
 
     # ZeRO 3
-    threshold = int(zero.get("stage3_param_persistence_threshold", PERSISTENCE_DEFAULT))
     part = sum(math.ceil(p.numel / dp) for p in params)
     small = sum(p.numel for p in params if p.numel <= threshold)
     modules: dict[str, int] = {}
@@ -231,7 +248,6 @@ def model_state_items(params: list[Param], *, stage: int, dtype: str, dp: int, d
     # the forward's are kept for the backward, so up to `stage3_max_live_parameters` (1e9) the whole
     # model is gathered while forward and backward run; past it, at least the largest module.
     whole = sum(modules.values())
-    live = int(zero.get("stage3_max_live_parameters", LIVE_DEFAULT))
     gathered, what = (whole, "every parameter gathered whole") if whole <= live else (max(modules.values()), "largest module gathered whole")
     add("weights", "weight partitions", b * part, "persistent", f"{b} ceil(n / D) per parameter")
     add("weights", "persistent small parameters (whole)", b * small, "persistent", f"{b} x params <= {threshold}")
