@@ -314,3 +314,28 @@ def test_unmasked_decoding_is_scored_on_its_whole_emitted_set():
     want = sums.result()
     for key in ("micro_precision", "micro_recall", "micro_f1", "hamming_loss", "P@1", "P@3"):
         assert got[key] == pytest.approx(want[key], abs=1e-12), key
+
+
+@pytest.mark.parametrize("labels, lengths, message", [
+    (None, None, "needs label_idx and label_offsets"),
+    ([[4], [12], [1]], None, "label id 12, outside this SGM's 12 labels"),  # 12 is end-of-sequence, not a label
+    ([[4], [-1], [1]], None, "label id -1, outside this SGM's 12 labels"),
+    ([[4], [3, 7, 3], [1]], None, "document 1 of the batch lists label 3 twice"),
+    ([[4], [3]], None, "label_offsets must hold 4 offsets for 3 documents"),
+    ([[4], [3], [1]], [10, 0, 4], "lengths must be in \\[1, 10\\]"),
+    ([[4], [3], [1]], [10, 11, 4], "lengths must be in \\[1, 10\\]"),
+])
+def test_a_bad_training_batch_is_refused_in_one_sentence(labels, lengths, message):
+    """A label id out of range, a repeated label or a zero length gave a finite (wrong) loss or NaN, silently."""
+    _, model = tiny_model(12, 40)
+    ids, _ = token_batch(3, 10, 40)
+    lens = torch.tensor(lengths) if lengths else None
+    with pytest.raises(ValueError, match=message):
+        model(ids, lengths=lens) if labels is None else model(ids, *csr(labels), lens)
+
+
+def test_an_empty_batch_is_refused_in_one_sentence():
+    _, model = tiny_model(12, 40)
+    model.eval()
+    with pytest.raises(ValueError, match="input_ids holds no document"), torch.no_grad():
+        model(torch.zeros(0, 10, dtype=torch.long), topk=3)

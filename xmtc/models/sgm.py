@@ -49,16 +49,29 @@ def target_sequences(label_idx: torch.Tensor, label_offsets: torch.Tensor, sort_
 
     labels: each row's label ids (ascending = most frequent first when `sort_labels`, else file
     order), padded with -1. targets: the labels followed by `eos_id`; positions past a row's EOS
-    hold `eos_id` too and are excluded by `valid`.
+    hold `eos_id` too and are excluded by `valid`. A label id outside [0, eos_id), or one that a row
+    lists twice (the masked softmax gives it probability 0), is a ValueError.
     """
     counts = label_offsets.diff()
     batch = counts.numel()
-    longest = int(counts.max()) if batch else 0
     rows = torch.repeat_interleave(torch.arange(batch, device=label_idx.device), counts, output_size=label_idx.numel())
     values = label_idx.long()
+    # Row-major keys keep each row's labels together while sorting them ascending.
+    keys = rows * (eos_id + 1) + values
+    order = torch.argsort(keys)
+    longest = 0
+    if values.numel():
+        ranked = keys[order]
+        repeats = ranked.diff() == 0
+        longest, low, high, repeated = torch.stack([counts.max(), values.min(), values.max(), repeats.sum()]).tolist()
+        if low < 0 or high >= eos_id:
+            bad = low if low < 0 else high
+            raise ValueError(f"label_idx holds label id {bad}, outside this SGM's {eos_id} labels (ids 0..{eos_id - 1})")
+        if repeated:
+            row, label = divmod(int(ranked[1:][repeats][0]), eos_id + 1)
+            raise ValueError(f"document {row} of the batch lists label {label} twice; a document's labels must be distinct")
     if sort_labels:
-        # Row-major keys keep each row's labels together while sorting them ascending.
-        values = values[torch.argsort(rows * (eos_id + 1) + values)]
+        values = values[order]
     position = torch.arange(label_idx.numel(), device=label_idx.device) - label_offsets[:-1].repeat_interleave(counts)
     labels = torch.full((batch, longest), NO_LABEL, dtype=torch.long, device=label_idx.device)
     labels[rows, position] = values
@@ -226,7 +239,16 @@ class Encoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor):
         lengths = lengths.to(input_ids.device)
-        x = self.embed_dropout(self.embedding(input_ids[:, : int(lengths.max())]))
+        docs, positions = input_ids.shape
+        if docs == 0:
+            raise ValueError("input_ids holds no document; SGM needs a batch of at least one")
+        if lengths.shape != (docs,):
+            raise ValueError(f"lengths must hold one length per row of input_ids ({docs}), got shape {list(lengths.shape)}")
+        low, longest = torch.stack(torch.aminmax(lengths)).tolist()
+        if low < 1 or longest > positions:
+            bad = low if low < 1 else longest
+            raise ValueError(f"lengths must be in [1, {positions}] (the positions of input_ids), got {bad}")
+        x = self.embed_dropout(self.embedding(input_ids[:, :longest]))
         rows = torch.arange(x.shape[0], device=x.device)
         finals = []
         for i, (fwd, bwd) in enumerate(zip(self.forward_lstms, self.backward_lstms)):
@@ -397,6 +419,11 @@ class Decoder(nn.Module):
                 labels = F.pad(labels, (0, topk - width), value=NO_LABEL)
                 probs = F.pad(probs, (0, topk - width), value=0.0)
             return probs[:, :topk], labels[:, :topk]
+        if label_idx is None or label_offsets is None:
+            raise ValueError("SGM.forward needs label_idx and label_offsets for the training loss, or topk > 0 to decode")
+        if label_offsets.shape != (states.shape[0] + 1,):
+            raise ValueError(f"label_offsets must hold {states.shape[0] + 1} offsets for {states.shape[0]} documents, "
+                             f"got shape {list(label_offsets.shape)}")
         return self.loss(memory, state, label_idx, label_offsets)
 
 
