@@ -67,10 +67,15 @@ def test_a_fifo_is_written_into_not_replaced(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo"]
 
 
-def test_a_directory_is_refused_and_left_alone(tmp_path):
+def test_a_directory_is_refused_and_left_alone(tmp_path, monkeypatch):
     (tmp_path / "outdir").mkdir()
-    with pytest.raises(OSError):
+    made = []
+    real_mkstemp = io.tempfile.mkstemp
+    monkeypatch.setattr(io.tempfile, "mkstemp", lambda **kw: made.append(kw) or real_mkstemp(**kw))
+    with pytest.raises(IsADirectoryError, match="outdir"):
         io.atomic_write_text(tmp_path / "outdir", "x\n")
+    # Refused before a temporary file was made beside it (in its parent, a directory the caller did not name).
+    assert made == []
     assert (tmp_path / "outdir").is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["outdir"]
 
 

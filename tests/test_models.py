@@ -52,6 +52,19 @@ def test_forward_shapes_loss_and_topk(conv_over):
     torch.testing.assert_close(scores, full.topk(5).values)
 
 
+@pytest.mark.parametrize("loss", ["fused", "materialized"])
+@pytest.mark.parametrize("bad", [50, 73, -1])
+def test_a_label_id_outside_the_labels_is_refused_not_dropped(loss, bad):
+    # Both losses count only ids in [0, L) (a label shard counts its own): an id past the labels vanished from the
+    # loss without a word (id 50 of 50 labels: the loss of the batch without it).
+    cfg = load_config("debug_xml_cnn", ["--model.embed_dim", "16", "--xml_cnn.loss", loss])
+    m = build_model(cfg, 50, 100)
+    ids = torch.randint(1, 100, (2, cfg.data.max_len))
+    assert torch.isfinite(m(ids, torch.tensor([0, 49, 7]), torch.tensor([0, 2, 3])))
+    with pytest.raises(ValueError, match=rf"label_idx holds label id {bad}, outside this model's 50 labels \(ids 0..49\)"):
+        m(ids, torch.tensor([0, bad, 7]), torch.tensor([0, 2, 3]))
+
+
 @pytest.mark.parametrize("criterion", ["bce", "squared_hinge"])
 def test_fused_and_materialized_losses_agree(criterion):
     cfg = load_config("debug_xml_cnn", ["--model.dropout", "0", "--xml_cnn.loss_chunk_size", "7", "--xml_cnn.criterion", criterion])

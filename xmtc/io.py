@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -58,7 +59,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         write_descriptor(fd, data)
         return
     path = Path(os.path.realpath(path))
-    if path.exists() and not path.is_file() and not path.is_dir():
+    if path.is_dir():  # before a temporary file is made beside it, in a directory the caller did not name
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if path.exists() and not path.is_file():
         with open(path, "wb") as f:
             f.write(data)
         return

@@ -28,6 +28,16 @@ def dense_targets(label_idx: torch.Tensor, label_offsets: torch.Tensor, num_labe
     return y
 
 
+def check_label_ids(label_idx: torch.Tensor, num_labels: int) -> None:
+    """A ValueError for a label id outside [0, num_labels): the loss would drop it without a word (each label
+    shard counts only its own ids). One device sync, for a non-empty batch."""
+    if label_idx.numel():
+        low, high = torch.stack(torch.aminmax(label_idx)).tolist()
+        if low < 0 or high >= num_labels:
+            raise ValueError(f"label_idx holds label id {low if low < 0 else high}, outside this model's {num_labels} "
+                             f"labels (ids 0..{num_labels - 1})")
+
+
 class OutputLayer(nn.Module):
     """weight [L, H] and bias [L]; `loss` sums BCE (or `criterion`) over labels, `topk` ranks labels per document."""
 
@@ -52,6 +62,7 @@ class OutputLayer(nn.Module):
     def loss(self, features: torch.Tensor, label_idx: torch.Tensor, label_offsets: torch.Tensor) -> torch.Tensor:
         """Sum over labels of BCE (or the squared hinge), averaged over the documents of this batch."""
         batch = features.shape[0]
+        check_label_ids(label_idx, self.num_labels)
         if self.loss_mode == "materialized":
             y = dense_targets(label_idx, label_offsets, self.num_labels)
             total = multilabel_loss_reference(self.logits(features).float(), y, self.criterion)

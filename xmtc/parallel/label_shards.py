@@ -25,7 +25,7 @@ from xmtc import ops
 from xmtc.config import Config, ConfigError
 from xmtc.distributed import DistInfo
 from xmtc.io import atomic_write_text
-from xmtc.models.output_layer import OutputLayer, dense_targets
+from xmtc.models.output_layer import OutputLayer, check_label_ids, dense_targets
 from xmtc.ops_reference import multilabel_loss_reference
 from xmtc.parallel import ParallelPlan
 from xmtc.parallel.groups import (
@@ -88,6 +88,7 @@ class LabelShardedOutputLayer(nn.Module):
         group = self.groups.shard_group
         feats, sizes = self._gather(features)
         idx, offsets = all_gather_csr(label_idx, label_offsets, group, sizes)
+        check_label_ids(idx, self.num_labels)  # the group's documents: every rank of the shard group refuses alike
         if self.loss_mode == "materialized":
             y = dense_targets(idx, offsets, self.weight.shape[0], self.label_start)
             local = multilabel_loss_reference(F.linear(feats, self.weight, self.bias).float(), y, self.criterion)
