@@ -130,7 +130,7 @@ class DataConfig:
     test_split: str = "test"
     """"hub": split used for evaluation."""
     tokenizer: str = "whitespace"
-    """"whitespace" (lower-cased word vocabulary) or "sentencepiece" (unigram model trained on the training texts)."""
+    """"whitespace" (lower-cased word vocabulary; a word is a run of \\w with its combining marks) or "sentencepiece" (unigram model trained on the training texts)."""
     vocab_size: int = 30000
     """Vocabulary size, including the padding and unknown tokens."""
     max_len: int = 500
