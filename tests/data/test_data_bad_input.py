@@ -11,6 +11,7 @@ from data_helpers import TEST_LABELS, TEST_TEXTS, TRAIN_LABELS, TRAIN_TEXTS, wri
 
 from xmtc.config import ConfigError, DataError, SyntheticConfig
 from xmtc.data import load_corpus, read_texts
+from xmtc.data.readers import read_lines
 
 BAD_BYTES = "caf\xe9".encode("latin-1")  # a lone 0xE9 byte is not UTF-8
 
@@ -377,6 +378,21 @@ def test_a_utf16_or_utf32_file_is_named_not_read_as_garbage(tmp_path, encoding, 
     with raises(f"{path} is {name} (it starts with a {name} byte-order mark), not UTF-8; convert it, e.g. iconv -f {name} -t UTF-8"):
         read_texts(path, "skip")
     assert read_texts(write_lines(tmp_path / "bom8.txt", "\ufeff" .encode("utf-8") + text.encode("utf-8")))[0] == ["first doc", "second doc"]
+
+
+def test_a_byte_order_mark_inside_a_joined_file_is_not_part_of_a_label(tmp_path, make_cfg):
+    # `cat a.txt b.txt` of two files an editor saved with a UTF-8 mark: the second mark starts a line in the middle,
+    # where it made the label "\ufeffa", a label of its own that no test document could match.
+    bom = "\ufeff"
+    write_lines(tmp_path / "train_texts.txt", f"{bom}apple banana\ncherry\n{bom}date apple\n".encode())
+    write_lines(tmp_path / "train_labels.txt", f"{bom}a b\n{bom}a\n{bom}b\n".encode())
+    write_lines(tmp_path / "test_texts.txt", b"apple\n")
+    write_lines(tmp_path / "test_labels.txt", b"a\n")
+    corpus = load(make_cfg, tmp_path)
+    assert corpus.label_names == ["a", "b"] and corpus.label_counts.tolist() == [2, 2]
+    assert corpus.train["labels"] == [[0, 1], [0], [1]]
+    # A mark that is not at the start of a line is left to the tokenizer (not a word character: dropped there).
+    assert read_lines(write_lines(tmp_path / "mid.txt", f"x{bom}y\n{bom}z\n".encode())) == [f"x{bom}y", "z"]
 
 
 def test_an_unreadable_file_is_one_sentence(small_xmtc, make_cfg, monkeypatch):

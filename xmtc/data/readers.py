@@ -154,7 +154,10 @@ def read_lines(path: str | os.PathLike) -> list[str | None]:
                 lines.append(raw.decode("utf-8"))
             except UnicodeDecodeError:
                 lines.append(None)
-    return [line[:-1] if line is not None and line.endswith("\r") else line for line in lines]
+    lines = [line[:-1] if line is not None and line.endswith("\r") else line for line in lines]
+    if codecs.BOM_UTF8 in data:  # files joined with `cat`: a byte-order mark starts a later line, not its first label
+        lines = [line[1:] if line and line[0] == "\ufeff" else line for line in lines]
+    return lines
 
 
 def read_texts(path: str | os.PathLike, bad_lines: str = "error") -> tuple[list[str], list[int]]:
