@@ -94,6 +94,26 @@ def test_crash_leaves_no_half_cache(small_xmtc, make_cfg, cache_dir, monkeypatch
     assert not corpus.cache_hit and len(corpus.test) == 2
 
 
+def test_every_file_of_a_cache_reaches_the_disk_before_the_rename_publishes_it(small_xmtc, make_cfg, cache_dir, monkeypatch):
+    # The rename was the only ordering: after a power cut it could reach the disk before the Arrow files did,
+    # leaving a cache marked complete with a file cut short, which later loads would serve.
+    import os
+
+    import xmtc.data.cache as cache
+
+    events, real_fsync, real_rename = [], os.fsync, os.rename
+    monkeypatch.setattr(cache.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd))
+    monkeypatch.setattr(cache.os, "rename", lambda a, b: events.append(("rename", str(a), str(b))) or real_rename(a, b))
+    corpus = load(make_cfg, small_xmtc)
+    renames = [i for i, e in enumerate(events) if e[0] == "rename"]
+    assert len(renames) == 1 and not corpus.cache_hit
+    tmp, final = events[renames[0]][1:]
+    synced = {e[1] for e in events[: renames[0]] if e[0] == "fsync"}
+    written = {str(p) for p in Path(final).rglob("*")} | {final}
+    assert {w.replace(final, tmp, 1) for w in written} <= synced, sorted(written)
+    assert ("fsync", str(Path(final).parent)) in events[renames[0]:]  # and the rename itself
+
+
 def test_stale_temporary_directory_is_removed(small_xmtc, make_cfg, cache_dir):
     import shutil
 

@@ -74,6 +74,22 @@ def _is_complete(directory: Path) -> bool:
     return (directory / COMPLETE_MARKER).is_file()
 
 
+def _fsync(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a directory too: its entries
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(directory: Path) -> None:
+    """fsync every file under `directory`, then each directory: the rename that publishes a cache must not reach
+    the disk before its files do (a power cut would leave a cache marked complete with a file cut short)."""
+    for dirpath, _, files in os.walk(directory):
+        for name in [*files, "."]:
+            _fsync(os.path.join(dirpath, name))
+
+
 def build_once(root: str | os.PathLike, key: str, inputs: dict[str, Any], build: Callable[[Path], None]) -> tuple[Path, bool]:
     """The cache directory for `key`, built by `build(tmp_dir)` unless it exists -> (path, was_cached).
 
@@ -104,8 +120,10 @@ def build_once(root: str | os.PathLike, key: str, inputs: dict[str, Any], build:
             build(tmp)
             if not _is_complete(tmp):
                 raise RuntimeError(f"corpus build into {tmp} finished without writing {COMPLETE_MARKER}")
+            _sync_tree(tmp)
             try:
                 os.rename(tmp, final)
+                _fsync(root)  # the rename itself
             except OSError:
                 if not _is_complete(final):
                     raise
