@@ -120,7 +120,9 @@ class SentencePieceTokenizer:
         return self.sp.encode(text)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.sp.encode(list(texts), num_threads=os.cpu_count() or 1)
+        # The cores this process may run on (a SLURM job's or taskset's share), not every core of the node.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return self.sp.encode(list(texts), num_threads=cores)
 
     @classmethod
     def train(cls, texts: Sequence[str], vocab_size: int, seed: int = 0) -> "SentencePieceTokenizer":
