@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +181,7 @@ def test_concurrent_processes_build_once(small_xmtc, make_cfg, tmp_path):
     assert log.read_text() == "built\n"  # without the lock both would build
 
 
-def test_sentencepiece_tokenizer(tmp_path, make_cfg):
+def test_sentencepiece_tokenizer(tmp_path, make_cfg, monkeypatch):
     words = "the quick brown fox jumps over lazy dogs while seven wizards quietly hex jolly kings".split()
     texts = [" ".join(words[(i * 7 + j) % len(words)] for j in range(30)) for i in range(60)]
     root = write_xmtc(tmp_path / "d", train_texts=texts, train_labels=["a"] * 60, test_texts=["quick foxes", "zzz"], test_labels=["a", "a"])
@@ -192,6 +193,12 @@ def test_sentencepiece_tokenizer(tmp_path, make_cfg):
     assert all(0 not in ids for ids in corpus.train["input_ids"])
     reloaded = load_tokenizer(corpus.cache_path)
     assert reloaded.encode("lazy wizards") == tok.encode("lazy wizards") and reloaded.kind == "sentencepiece"
+    # A batch encodes on the cores this process may use (a SLURM job's share), not on every core of the node.
+    asked, real_encode = [], type(tok.sp).encode
+    monkeypatch.setattr(type(tok.sp), "encode", lambda self, *a, **kw: asked.append(kw.get("num_threads")) or real_encode(self, *a, **kw))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert tok.encode_batch(["lazy wizards", "quick foxes"]) == [real_encode(tok.sp, "lazy wizards"), real_encode(tok.sp, "quick foxes")]
+    assert asked == [1]
 
 
 def test_sentencepiece_lines_fit_its_cap_and_lose_nothing():
