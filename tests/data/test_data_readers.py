@@ -158,6 +158,21 @@ def test_csv_with_one_numeric_label_per_row(tmp_path, make_cfg):
     assert corpus.label_names == ["7", "12"] and corpus.test["labels"] == [[1]]
 
 
+def test_a_csv_list_column_written_by_pandas_is_refused_not_split_into_made_up_labels(tmp_path, make_cfg):
+    # DataFrame.to_csv writes a list column as "['a', 'b']": split on spaces it made the labels "['a'," and "'b']".
+    import pandas as pd
+
+    pd.DataFrame({"text": ["apple pie", "fig jam"], "labels": [["a", "b"], ["c"]]}).to_csv(tmp_path / "train.csv", index=False)
+    write_lines(tmp_path / "test.csv", ["text,labels", "fig,c"])
+    cfg = make_cfg(format="table", train_file=str(tmp_path / "train.csv"), test_file=str(tmp_path / "test.csv"))
+    with pytest.raises(DataError, match=r"train.csv row 1 \(after the header\) is \"\['a', 'b'\]\", the text of a list .* save the table as "
+                                        r"JSON Lines or Parquet, which keep lists$"):
+        load_corpus(cfg, SyntheticConfig())
+    # A label that merely holds brackets is a label.
+    write_lines(tmp_path / "train.csv", ["text,labels", "apple pie,[x]", "fig jam,c [x]"])
+    assert load_corpus(cfg, SyntheticConfig()).label_names == ["[x]", "c"]
+
+
 def test_words_keep_their_combining_marks(tmp_path, make_cfg):
     # `\w` holds no combining mark (Unicode category M): `\w+` cut "हिन्दी" into "ह", "न", "द", dropping its vowel
     # signs and virama, and split a decomposed "é" (e + U+0301) off its word.

@@ -90,6 +90,12 @@ class SplitBuilder:
         if labels is None:
             return self.bad("undecodable", f"{labels_at} is not valid UTF-8")
         if isinstance(labels, str):
+            cell = labels.strip()
+            if cell[:1] == "[" and cell[-1:] == "]" and any(c in cell for c in "'\","):
+                # What DataFrame.to_csv writes for a list column: split on spaces it made the labels "['a'," and "'b']".
+                raise DataError(f"{labels_at} is {_shown(cell)}, the text of a list (what pandas' to_csv writes for a list "
+                                "column), not space-separated labels; write the labels separated by spaces, or save the "
+                                "table as JSON Lines or Parquet, which keep lists")
             labels = labels.split()
         elif isinstance(labels, int) and not isinstance(labels, bool):  # a CSV column of single numeric labels
             labels = [str(labels)]
