@@ -116,6 +116,10 @@ def test_reshard_never_overwrites_and_leaves_no_partial_tag(run):
         reshard_tag(ckpt, "step2", 2)
     with pytest.raises(UserError, match="between 1 and the 37 labels"):
         reshard_tag(ckpt, "step2", 38)
+    for bad in ("sub/tag", "..", "."):  # a tag is a folder directly in checkpoints/ (what `latest` can name)
+        with pytest.raises(UserError, match="--new-tag .* must be a folder name"):
+            reshard_tag(ckpt, "step2", 1, new_tag=bad, set_latest=True)
+    assert (ckpt / "latest").read_text() == "step2"
     assert sorted(p.name for p in ckpt.iterdir()) == ["latest", "step2", "step2-shards2"]
 
 
@@ -190,3 +194,87 @@ def test_sgm_label_head_round_trips_through_one_shard(tmp_path):
                     {k: (v[rows] if k in names else v) for k, v in full.items()})
     write(ckpt / "step4", 2, layout=False)  # a save interrupted before label_shards.json
     assert_same(load_unsharded_state(ckpt / "step4"), full)
+
+
+@pytest.mark.parametrize("text", ['{"num_shards": 3,', "[3]", '{"sharded": []}', '{"num_shards": "3"}', '{"num_shards": 0}'])
+def test_a_damaged_layout_file_is_one_sentence(run, capsys, text):
+    """A label_shards.json that is cut short or holds no shard count: resume, re-shard and predict/evaluate
+    (load_model_state) stop with one sentence naming the file, not a JSONDecodeError/KeyError traceback."""
+    ckpt, *_ = run
+    layout = ckpt / "step2" / "label_shards.json"
+    layout.write_text(text)
+    for call in (lambda: read_layout(ckpt / "step2"), lambda: check_resume_layout(ckpt, 3),
+                 lambda: load_unsharded_state(ckpt / "step2")):
+        with pytest.raises(UserError, match=f"{layout} is damaged"):
+            call()
+    from xmtc.parallel.reshard import main
+
+    assert main(["--run", str(ckpt.parent), "--to", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {layout} is damaged") and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in ckpt.iterdir()) == ["latest", "step2"]
+
+
+def write_zero_tag(tag_dir, full, moments, groups, num_shards, dp):
+    """`full` cut into `num_shards` label shards as a ZeRO-1/2 run of `dp` replicas per shard saves them:
+    per shard, each parameter group flattened and cut into `dp` consecutive partitions (a parameter may
+    span two), each rank's file naming its fragments' (start, numel) in its partition."""
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    tag_dir.mkdir(parents=True)
+    for s in range(num_shards):
+        rows = slice(*label_range(w.L, num_shards, s))
+
+        def piece(name, value):
+            return value[rows] if name in SHARDED else value
+
+        module = {n: piece(n, v).clone() for n, v in full.items()}
+        torch.save({"module": module, "optimizer": None, "global_steps": 2, "mp_world_size": num_shards},
+                   model_file(tag_dir, s))
+        flats = [{k: torch.cat([piece(n, full[n] if k == "param" else moments[n][k]).flatten() for n in g])
+                  for k in ("param", "exp_avg", "exp_avg_sq")} for g in groups]
+        for d in range(dp):
+            mappings, fp32, state = [], [], {}
+            for gi, g in enumerate(groups):
+                total = flats[gi]["param"].numel()
+                size = -(-total // dp)
+                lo, hi = min(total, d * size), min(total, (d + 1) * size)
+                mapping, offset = {}, 0
+                for n in g:
+                    numel = piece(n, full[n]).numel()
+                    a, b = max(lo, offset), min(hi, offset + numel)
+                    if a < b:
+                        mapping[n] = fragment_address(numel=b - a, start=a - lo)
+                    offset += numel
+                mappings.append(mapping)
+                fp32.append(flats[gi]["param"][lo:hi].clone())
+                state[gi] = {"exp_avg": flats[gi]["exp_avg"][lo:hi].clone(),
+                             "exp_avg_sq": flats[gi]["exp_avg_sq"][lo:hi].clone(), "step": torch.tensor(2.0)}
+            optimizer = {"param_slice_mappings": mappings, "single_partition_of_fp32_groups": fp32,
+                         "base_optimizer_state": {"state": state, "param_groups": []}}
+            torch.save({"optimizer_state_dict": optimizer}, tag_dir / f"zero_pp_rank_{d}_mp_rank_{s:02d}_optim_states.pt")
+    if num_shards > 1:
+        (tag_dir / "label_shards.json").write_text(json.dumps({"num_shards": num_shards, "num_labels": w.L,
+                                                               "sharded": list(SHARDED), "zero_stage": 2}))
+
+
+@pytest.mark.parametrize("shards, dp, to", [(1, 3, 2), (2, 2, 1), (3, 2, 4), (4, 3, 3), (2, 1, 5)])
+def test_reshard_of_zero_partitions_equals_slicing_the_unsharded_state(tmp_path, shards, dp, to):
+    """A ZeRO-1/2 source of any shard count and replica count, re-sharded to `to`: every new shard's master
+    weights, both Adam moments and step are the unsharded tensors' rows of that shard (no row lost or doubled)."""
+    full, optimizer, names = trained_state()
+    moments = {n: {k: optimizer["state"][i][k] for k in ("exp_avg", "exp_avg_sq")} for i, n in enumerate(names)}
+    groups = [[n for n in names if full[n].dim() > 1], [n for n in names if full[n].dim() == 1]]
+    ckpt = tmp_path / "checkpoints"
+    write_zero_tag(ckpt / "step2", full, moments, groups, shards, dp)
+    new = ckpt / reshard_tag(ckpt, "step2", to)
+    for t in range(to):
+        rows = slice(*label_range(w.L, to, t))
+        named = torch.load(named_state_file(new, t), weights_only=False)["params"]
+        assert sorted(named) == sorted(names)
+        for n in names:
+            want = {"param": full[n], **moments[n]}
+            for key, value in want.items():
+                assert torch.equal(named[n][key], value[rows] if n in SHARDED else value), (n, key, t)
+            assert float(named[n]["step"]) == 2.0
+    assert_same(load_unsharded_state(new), full)

@@ -43,7 +43,15 @@ def read_layout(tag_dir: Path) -> dict:
     tag_dir = Path(tag_dir)
     path = tag_dir / SHARDS_FILE
     if path.is_file():
-        return json.loads(path.read_text())
+        try:
+            layout = json.loads(path.read_text())
+        except (OSError, ValueError) as e:  # cut short, not JSON, not UTF-8
+            raise UserError(f"{path} is damaged ({e}); it records the tag's label shards: use another checkpoint tag") from None
+        shards = layout.get("num_shards") if isinstance(layout, dict) else None
+        if type(shards) is not int or shards < 1:
+            raise UserError(f"{path} is damaged (no shard count 'num_shards' >= 1); it records the tag's label shards: "
+                            "use another checkpoint tag")
+        return layout
     if model_file(tag_dir, 1).is_file():
         # Files written but not yet described (a save interrupted between the two): infer the layout.
         shards = sum(1 for _ in tag_dir.glob("mp_rank_*_model_states.pt"))
@@ -120,6 +128,8 @@ def reshard_tag(ckpt_dir: Path, tag: str, num_shards: int, new_tag: str | None =
     """Write `tag` re-sharded to `num_shards` as a new tag; returns its name."""
     src = ckpt_dir / tag
     new_tag = new_tag or f"{tag}-shards{num_shards}"
+    if "/" in new_tag or os.sep in new_tag or new_tag in (".", ".."):
+        raise UserError(f"--new-tag {new_tag!r} must be a folder name in {ckpt_dir} (no '/'), as checkpoints/latest names tags")
     dst = ckpt_dir / new_tag
     if dst.exists():
         raise UserError(f"{dst} already exists; pass another --new-tag or remove it")
