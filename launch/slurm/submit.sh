@@ -67,14 +67,14 @@ if [ -n "${XMTC_ARRAY_ARGS:-}" ]; then
     export XMTC_ARRAY_ARGS
     config_check+=(--array-args "$XMTC_ARRAY_ARGS")
 fi
-checked=$(cd "$root" && "${config_check[@]}" "${XMTC_CONFIG:-xml_cnn_670k}" "${env_args[@]}" "${train_args[@]}") || exit 2
+checked=$(cd "$root" && "${config_check[@]}" "${XMTC_CONFIG:-xml_cnn_670k}" ${env_args[@]+"${env_args[@]}"} ${train_args[@]+"${train_args[@]}"}) || exit 2
 if [ -n "${XMTC_ARRAY_ARGS:-}" ]; then
     given_array=0
-    for opt in "${sbatch_opts[@]}"; do
+    for opt in ${sbatch_opts[@]+"${sbatch_opts[@]}"}; do
         [[ $opt == --array=* || $opt == --array || $opt == -a* ]] && given_array=1
     done
     ((given_array)) || flags+=(--array="1-$checked")
 fi
 
 export XMTC_ROOT=$root
-exec sbatch "${flags[@]}" "${sbatch_opts[@]}" "$script" "${train_args[@]}"
+exec sbatch ${flags[@]+"${flags[@]}"} ${sbatch_opts[@]+"${sbatch_opts[@]}"} "$script" ${train_args[@]+"${train_args[@]}"}

@@ -51,7 +51,7 @@ if ((restart > 0)); then
     train_args+=(--train.resume true)
 fi
 
-output_dir=$("$python" launch/slurm/check_config.py "$config" "${train_args[@]}") || exit 2
+output_dir=$("$python" launch/slurm/check_config.py "$config" ${train_args[@]+"${train_args[@]}"}) || exit 2
 [[ $output_dir == /* ]] || output_dir=$root/$output_dir
 # The tasks of a job array run side by side: each has its own directory (one run per directory: xmtc.runlock).
 [ -z "$task" ] || output_dir=$output_dir/task$task
@@ -127,7 +127,7 @@ launch_ranks() {  # launch_ranks LOG_DIR: start the ranks on $MASTER_PORT, loggi
     fi
     # In the background, so that the traps run at once rather than when srun has ended.
     # The output directory last: the last override wins, and an array task's is OUTPUT_DIR/task<N>.
-    srun "${srun_opts[@]}" "${cmd[@]}" --config "$config" "${train_args[@]}" --train.output_dir "$output_dir" &
+    srun "${srun_opts[@]}" "${cmd[@]}" --config "$config" ${train_args[@]+"${train_args[@]}"} --train.output_dir "$output_dir" &
     srun_pid=$!
     # A trapped signal interrupts wait; keep waiting until srun itself has exited.
     while true; do
@@ -146,7 +146,7 @@ else
     rank_logs="$rank_log_dir/node<N>.log and <time>_rank<R>.log"
 fi
 log "start on $nodes node(s) [${hosts[*]}] x $ranks_per_node rank(s), launcher $launcher, master $MASTER_ADDR:$MASTER_PORT"
-log "config $config ${train_args[*]}"
+log "config $config ${train_args[*]-}"
 log "output $output_dir; rank logs $rank_logs"
 # SIGTERM (scancel, preemption, time limit) also reaches the ranks; this shell waits for their checkpoint.
 trap 'log "batch shell received SIGTERM; waiting for the ranks"' TERM
@@ -166,7 +166,7 @@ while ((rc != 0 && rc != EXIT_REQUEUE && ${#tried[@]} < 3)) \
     tried+=("$MASTER_PORT")
     attempt_dir=$rank_log_dir/port-retry$((${#tried[@]} - 1))
     mkdir -p "$attempt_dir" || die "cannot create the log directory $attempt_dir"
-    log "port ${tried[-2]} was taken before the ranks bound it (address in use); starting again on port $MASTER_PORT, rank logs in $attempt_dir"
+    log "port ${tried[${#tried[@]}-2]} was taken before the ranks bound it (address in use); starting again on port $MASTER_PORT, rank logs in $attempt_dir"
     launch_ranks "$attempt_dir"
 done
 

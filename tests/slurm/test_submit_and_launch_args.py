@@ -181,3 +181,21 @@ def test_threads_split_between_a_steps_tasks_on_a_node(monkeypatch, per_node, th
         assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
+
+
+def test_scripts_run_under_the_bash_of_older_clusters():
+    # Bash before 4.4 (CentOS 7 and RHEL 7 ship 4.2) calls "${a[@]}" of an empty array an unbound variable under
+    # `set -u`, and bash before 4.3 has no negative subscripts: submit.sh without overrides stopped there. Every
+    # expansion of an array that can be empty goes through ${a[@]+"${a[@]}"} (or ${a[*]-}), which any bash takes.
+    import re
+
+    may_be_empty = {"train_args", "env_args", "sbatch_opts", "flags"}  # task_args: checked non-empty before use
+    for script in sorted((REPO / "launch" / "slurm").glob("*.sh")):
+        text = script.read_text()
+        bare = [m.group(0) for m in re.finditer(r'(?<![+])"\$\{(\w+)\[[@*]\]\}"|\$\{(\w+)\[\*\]\}', text)
+                if (m.group(1) or m.group(2)) in may_be_empty]
+        assert not bare, f"{script.name}: {bare}"
+        assert not re.search(r"\$\{\w+\[-\d+\]\}", text), f"{script.name}: a negative subscript needs bash 4.3"
+    # The guarded forms expand to nothing, and to the words unchanged, in the bash at hand.
+    probe = 'set -u; a=(); printf "<%s>" ${a[@]+"${a[@]}"} "${a[*]-}"; a=("x y" z); printf "<%s>" ${a[@]+"${a[@]}"}'
+    assert subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout == "<><x y><z>"
