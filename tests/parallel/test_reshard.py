@@ -278,3 +278,17 @@ def test_reshard_of_zero_partitions_equals_slicing_the_unsharded_state(tmp_path,
                 assert torch.equal(named[n][key], value[rows] if n in SHARDED else value), (n, key, t)
             assert float(named[n]["step"]) == 2.0
     assert_same(load_unsharded_state(new), full)
+
+
+@pytest.mark.parametrize("text", ['[["a", "b"]', '{"a": 1}', '[["a", 3]]'])
+def test_a_damaged_optimizer_names_file_is_one_sentence(tmp_path, text):
+    # optimizer_params.json (the names of a ZeRO tag's optimizer state, for re-sharding) cut short or of another
+    # shape gave a JSONDecodeError traceback, or a TypeError further on.
+    from xmtc.parallel.optim_state import OPTIMIZER_PARAMS_FILE, read_optimizer_names
+
+    (tmp_path / OPTIMIZER_PARAMS_FILE).write_text(text)
+    with pytest.raises(UserError, match=f"{tmp_path / OPTIMIZER_PARAMS_FILE} is damaged .*: use another checkpoint tag$"):
+        read_optimizer_names(tmp_path, {"num_shards": 2})
+    (tmp_path / OPTIMIZER_PARAMS_FILE).write_text('[["a", "b"], ["c"]]')
+    assert read_optimizer_names(tmp_path, {"num_shards": 2}) == [["a", "b"], ["c"]]
+    assert read_optimizer_names(tmp_path, {"optimizer_params": [["x"]]}) == [["x"]]  # the layout's own list first

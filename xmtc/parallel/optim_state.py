@@ -129,7 +129,14 @@ def read_optimizer_names(tag_dir: Path, layout: dict) -> list[list[str]] | None:
     names = layout.get("optimizer_params")
     path = Path(tag_dir) / OPTIMIZER_PARAMS_FILE
     if not names and path.is_file():
-        names = json.loads(path.read_text())
+        try:
+            names = json.loads(path.read_text())
+        except (OSError, ValueError) as e:  # cut short, not JSON, not UTF-8
+            raise UserError(f"{path} is damaged ({e}); it names the parameters of the tag's optimizer state: use another "
+                            "checkpoint tag") from None
+        if not (isinstance(names, list) and all(isinstance(g, list) and all(isinstance(n, str) for n in g) for g in names)):
+            raise UserError(f"{path} is damaged (not a list of parameter-name lists); it names the parameters of the tag's "
+                            "optimizer state: use another checkpoint tag")
     return names or None
 
 
