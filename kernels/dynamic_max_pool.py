@@ -14,9 +14,16 @@ import triton.language as tl
 
 @triton.jit
 def _round_to(v, dtype: tl.constexpr):
-    """fp32 v rounded to `dtype` to nearest-even (torch's rounding), returned as fp32."""
+    """fp32 v rounded to `dtype` to nearest-even (torch's rounding), returned as fp32.
+
+    bf16 on the bits: "rtne" is already the default of `.to(tl.bfloat16)`, which the interpreter
+    implements by truncation whatever the rounding mode asked (triton 3.9)."""
     if dtype == tl.float32:
         return v
+    if dtype == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000  # half way: to the even bf16
+        return tl.where(v != v, v, bits.to(tl.float32, bitcast=True))  # NaN stays NaN
     return v.to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
 
 
@@ -46,12 +53,17 @@ def _dynamic_max_pool_fwd_kernel(
         v = _round_to(v, out_ptr.dtype.element_ty)
         v = tl.where(ok, v, float("-inf"))
         m, at = tl.max(v, axis=1, return_indices=True, return_indices_tie_break_left=True)
-        better = m > best  # strict: earlier blocks win ties, as torch's first arg-max
+        # A NaN is the max and stays it, the window's last NaN its arg-max (torch: `val > max || isnan(val)`).
+        nan_at = tl.max(tl.where(v != v, tl.arange(0, BLOCK_W)[None, :], -1), axis=1)
+        m = tl.where(nan_at >= 0, float("nan"), m)
+        at = tl.where(nan_at >= 0, nan_at, at)
+        better = (m > best) | (nan_at >= 0)  # strict: earlier blocks win ties, as torch's first arg-max
         best_at = tl.where(better, start + w0 + at, best_at)
         best = tl.where(better, m, best)
     if RELU:
-        best_at = tl.where(best > 0, best_at, -1)
-        best = tl.maximum(best, 0.0)
+        is_nan = best != best  # relu(NaN) is NaN, and its gradient passes (torch's threshold_backward)
+        best_at = tl.where((best > 0) | is_nan, best_at, -1)
+        best = tl.where(is_nan, best, tl.maximum(best, 0.0))
     out_off = row.to(tl.int64) * P + chunk
     tl.store(out_ptr + out_off, best.to(out_ptr.dtype.element_ty), mask=chunk_ok)
     tl.store(arg_ptr + out_off, best_at.to(tl.int32), mask=chunk_ok)

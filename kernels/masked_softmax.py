@@ -307,7 +307,8 @@ class MaskedSoftmaxFunction(torch.autograd.Function):
         else:
             row_max, total = _local_stats(logits, emitted, label_offset, plan)
             shift = _finite_or_zero(row_max)
-        positive = total > 0  # where the given row_sumexp has a gradient (elsewhere it is replaced by 1)
+        # Where the given row_sumexp has a gradient; an empty sum is replaced by 1, a NaN one kept (NaN out).
+        positive = total != 0
         total = torch.where(positive, total, torch.ones_like(total)).contiguous()
         shift = shift.contiguous()
         probs = torch.empty_like(logits) if return_probs else None
@@ -369,7 +370,7 @@ class MaskedSoftmaxFunction(torch.autograd.Function):
                 BLOCK_B=plan.BLOCK_B, BLOCK_L=plan.BLOCK_L, BLOCK_T=plan.BLOCK_T, BLOCK_D=plan.BLOCK_D,
             )
         if ctx.sharded and ctx.needs_input_grad[4]:
-            # total = row_sumexp where it is > 0 (else 1, constant): dL/dS = c / S there, 0 elsewhere.
+            # total = row_sumexp where it is != 0 (else 1, constant): dL/dS = c / S there, 0 elsewhere.
             grad_sumexp = torch.where(positive, c / total, torch.zeros_like(c)).to(ctx.sumexp_dtype)
         return grad_logits, None, grad_table, None, grad_sumexp, None, None, None
 

@@ -71,7 +71,8 @@ def masked_softmax_reference(logits, emitted, log=False):
     shift = _finite_or_zero(z.amax(dim=1, keepdim=True)).detach()
     shifted = z - shift
     sumexp = shifted.exp().sum(dim=1, keepdim=True)
-    safe_sumexp = torch.where(sumexp > 0, sumexp, torch.ones_like(sumexp))
+    # Only an empty sum is replaced: a NaN logit's NaN sum must reach the output, as in F.softmax.
+    safe_sumexp = torch.where(sumexp != 0, sumexp, torch.ones_like(sumexp))
     if log:
         out = shifted - safe_sumexp.log()
     else:
@@ -111,7 +112,7 @@ def masked_softmax_weighted_sum_reference(
         shift = _finite_or_zero(row_max.float()).detach()[:, None]
         sumexp = row_sumexp.float()[:, None]
     shifted = z - shift
-    safe_sumexp = torch.where(sumexp > 0, sumexp, torch.ones_like(sumexp))
+    safe_sumexp = torch.where(sumexp != 0, sumexp, torch.ones_like(sumexp))
     probs = shifted.exp() / safe_sumexp
     e_bar = (probs @ table.float()).to(table.dtype)
     out = shifted - safe_sumexp.log() if log else probs

@@ -86,6 +86,47 @@ def test_triton_bfloat16_matches_reference(triton_backend, device):
     _check_against_reference(x, bias, 5, relu=True, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("relu", [True, False])
+def test_triton_propagates_nan_as_torch(triton_backend, device, relu):
+    # A NaN feature (a diverged model) must reach the output, as in torch; the kernel's max skipped it and
+    # pooled the other steps. torch's arg-max of a window holding NaN is its last NaN (the gradient goes there).
+    nan = float("nan")
+    x = torch.tensor([[[nan, 1.0, nan, 0.5, 2.0, -1.0, 3.0], [-2.0, nan, -3.0, -1.0, -4.0, -5.0, nan]]], device=device)
+    x = torch.cat([x, torch.randn(1, 2, 70, device=device)], dim=2)
+    x[0, 0, 15] = x[0, 1, 70] = nan  # p=1: windows of 77 steps, two BLOCK_W=64 blocks, NaN in one or both
+    bias = torch.tensor([0.5, -1.0], device=device)
+    for p in (1, 2, 7, 100):
+        xg, bg = x.clone().requires_grad_(), bias.clone().requires_grad_()
+        out, want = dynamic_max_pool(xg, bg, p, relu=relu), dynamic_max_pool_reference(xg, bg, p, relu=relu)
+        torch.testing.assert_close(out, want, equal_nan=True, atol=0, rtol=0)
+        grad_out = torch.randn_like(out)
+        got, ref = torch.autograd.grad(out, [xg, bg], grad_out), torch.autograd.grad(want, [xg, bg], grad_out)
+        torch.testing.assert_close(got[0], ref[0], atol=0, rtol=0)
+        torch.testing.assert_close(got[1], ref[1], atol=1e-6, rtol=1e-6)
+
+
+def test_triton_bfloat16_rounds_x_plus_bias_as_torch(triton_backend, device):
+    # x + bias not representable in bf16: the kernel must round it to nearest-even as torch does. The
+    # interpreter's fp32 -> bf16 cast truncates (0.904296875 -> 0.90234375, not 0.90625), which also
+    # moved the arg-max of [0.404296875, 0.40625] + 0.5 (a tie in bf16) to the second step.
+    x = torch.tensor([[[0.404296875, 0.40625, -1.0]]], device=device).bfloat16()
+    bias = torch.tensor([0.5], device=device).bfloat16()
+    _check_against_reference(x, bias, 1, relu=True, atol=0, rtol=0)
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 29, device=device).bfloat16()
+    bias = torch.randn(3, device=device).bfloat16()
+    for p in (1, 4, 40):
+        xg, bg = x.clone().requires_grad_(), bias.clone().requires_grad_()
+        out, want = dynamic_max_pool(xg, bg, p), dynamic_max_pool_reference(xg, bg, p)
+        assert torch.equal(out, want)
+        # torch sums the gradient in bf16 (of a step in several chunks, of the bias over 2 x 29 rounded
+        # steps), the kernel in fp32; a gradient sent to another step would be off by O(1).
+        grad_out = torch.randn_like(out)
+        got, ref = torch.autograd.grad(out, [xg, bg], grad_out), torch.autograd.grad(want, [xg, bg], grad_out)
+        torch.testing.assert_close(got[0], ref[0], atol=1e-2, rtol=2e-2)
+        torch.testing.assert_close(got[1], ref[1], atol=1e-1, rtol=2e-2)
+
+
 @pytest.mark.parametrize(
     "dtype, atol, rtol",
     [

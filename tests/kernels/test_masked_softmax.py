@@ -130,6 +130,23 @@ def test_triton_masked_softmax_edge_rows(triton_backend, device, log):
     torch.testing.assert_close(grad, want, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("log", [False, True])
+def test_a_nan_logit_makes_its_row_nan(request, device, backend, log):
+    # As F.softmax: a NaN logit (a diverged model) gives a NaN row. Its NaN sum of exp was taken for an empty
+    # one and replaced by 1, so the row's other labels came out finite, unnormalised (exp(z), up to e^5 here).
+    request.getfixturevalue(f"{backend}_backend")
+    logits = 5 * torch.rand(2, 40, device=device)
+    logits[0, 3] = float("nan")
+    emitted = torch.tensor([[5], [-1]], device=device)
+    out = masked_softmax(logits, emitted, log=log)
+    assert torch.isnan(out[0, torch.arange(40, device=device) != 5]).all()
+    torch.testing.assert_close(out[1], masked_softmax_reference(logits[1:], emitted[1:], log)[0])
+    assert torch.isfinite(out[1]).all()
+    _, e_bar = masked_softmax_weighted_sum(logits, emitted, torch.randn(40, 16, device=device), log=log)
+    assert torch.isnan(e_bar[0]).all() and torch.isfinite(e_bar[1]).all()
+
+
 @pytest.mark.parametrize("label_offset", [0, 40])
 def test_triton_stats_match_reference(triton_backend, device, label_offset):
     torch.manual_seed(3)
