@@ -177,3 +177,37 @@ def test_the_linear_baselines_score_dense_decisions_like_their_direct_formulas()
     seen = tp + fp + fn > 0
     assert m["macro_f1"] == pytest.approx(np.mean(2 * tp[seen] / (2 * tp[seen] + fp[seen] + fn[seen])))
     assert module.score(scores[:0], y_test[:0], y_train)["num_docs"] == 0  # an empty test split
+
+
+def test_ranking_and_set_metrics_match_their_direct_formulas_on_random_data():
+    # P@k over k even for documents with fewer than k labels (and k > L), nDCG@k over the ideal DCG of min(k, |y|)
+    # labels, PSP@k over the best achievable, propensities of Jain et al. (2016) written out, hamming loss over all L.
+    rng = np.random.default_rng(3)
+    n, L, N, a, b = 120, 30, 500, 0.55, 1.5
+    truth = rng.random((n, L)) < 0.07
+    truth[:4] = False
+    scores = rng.random((n, L))
+    counts = rng.integers(0, 60, L)
+    c = (math.log(N) - 1) * (b + 1) ** a
+    p = 1 / (1 + c * np.exp(-a * np.log(counts + b)))
+    assert propensity(counts, N, a, b) == pytest.approx(p, rel=1e-12)
+    ks = (1, 3, 5, 40)
+    ranked = np.argsort(-scores, axis=1, kind="stable")  # all L labels: P@40 still divides by 40
+    predicted = np.take_along_axis(scores, ranked, 1) > 0.7
+    sums = MetricSums(ks, L)
+    sums.add(ranked, predicted, np.concatenate([np.flatnonzero(r) for r in truth]),
+             np.concatenate([[0], np.cumsum(truth.sum(1))]).astype(int), 1 / p)
+    m = sums.result()
+    for k in ks:
+        top = ranked[:, :k]
+        hits = np.take_along_axis(truth, top, 1)
+        disc = 1 / np.log2(np.arange(2, top.shape[1] + 2))
+        idcg = np.array([(1 / np.log2(np.arange(2, min(k, int(size)) + 2))).sum() for size in truth.sum(1)])
+        best = np.array([np.sort(1 / p[row])[::-1][:k].sum() for row in truth])
+        assert m[f"P@{k}"] == pytest.approx((hits.sum(1) / k).mean(), rel=1e-12)
+        assert m[f"nDCG@{k}"] == pytest.approx(np.where(idcg > 0, (hits * disc).sum(1) / np.maximum(idcg, 1e-300), 0).mean(), rel=1e-12)
+        assert m[f"PSP@{k}"] == pytest.approx((hits / p[top]).sum() / best.sum(), rel=1e-12)
+    dense = np.zeros_like(truth)
+    np.put_along_axis(dense, ranked, predicted, 1)
+    assert m["hamming_loss"] == pytest.approx((dense != truth).mean(), rel=1e-12)
+    assert m["micro_f1"] == pytest.approx(2 * (dense & truth).sum() / (dense.sum() + truth.sum()), rel=1e-12)

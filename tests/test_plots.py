@@ -46,3 +46,19 @@ def test_write_curves_and_the_command(tmp_path, capsys):
     assert len(read_records(run / "metrics.jsonl")) == 1
     assert main(["--run", str(run)]) == 0
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(run.glob(".*tmp*"))
+
+
+def test_the_command_says_what_it_cannot_read_or_write_in_one_sentence(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps(record("test", 5, 3.0, 0.2, 0.1)) + "\n")
+    (tmp_path / "file").write_text("not a directory")
+    # --run naming a file (a typo), a metrics.jsonl that is a directory, an --out under a file: a traceback each.
+    assert main(["--run", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'file' / 'metrics.jsonl'} could not be read: Not a directory; pass the run's output directory\n"
+    (tmp_path / "dir" / "metrics.jsonl").mkdir(parents=True)
+    assert main(["--run", str(tmp_path / "dir")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'dir' / 'metrics.jsonl'} could not be read: Is a directory")
+    assert main(["--run", str(run), "--out", str(tmp_path / "file" / "curves.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {tmp_path / 'file' / 'curves.png'} could not be written: ") and err.count("\n") == 1, err

@@ -260,3 +260,28 @@ def test_tag_latest_names_the_newest_checkpoint(tmp_path):
     # `--tag latest` was refused ("checkpoint tag 'latest' does not exist"): it is the file naming the newest tag.
     assert resolve_tag(tmp_path, "latest", prefer_best=True) == "step10"
     assert resolve_tag(tmp_path, None, prefer_best=True) == "step5" and resolve_tag(tmp_path, "step5") == "step5"
+
+
+def test_evaluate_of_other_files_refuses_no_documents_and_says_what_it_dropped(tmp_path):
+    run = tmp_path / "run"
+    train(run, "--train.max_steps", "2", "--train.eval_every", "0", "--train.save_every", "0")
+    names = (run / "labels.txt").read_text().split()
+
+    def evaluate(texts: str, labels: str, *args: str) -> subprocess.CompletedProcess:
+        (tmp_path / "t.txt").write_text(texts)
+        (tmp_path / "l.txt").write_text(labels)
+        return subprocess.run([sys.executable, "-m", "xmtc.evaluate", "--run", str(run), "--texts", str(tmp_path / "t.txt"),
+                               "--labels", str(tmp_path / "l.txt"), "--json", str(tmp_path / "m.json"), *args],
+                              cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+
+    # No document (an empty pair of files, or every line skipped): a table of zeros read as a model that is always wrong.
+    for texts, labels, args, why in (("", "", (), ""), ("\n\n", "\n\n", ("--bad-lines", "skip"), " (skipped: empty 2)")):
+        proc = evaluate(texts, labels, *args)
+        assert proc.returncode == 2 and proc.stdout == "" and not (tmp_path / "m.json").exists(), proc.stderr
+        assert proc.stderr.strip() == f"error: {tmp_path / 't.txt'} and {tmp_path / 'l.txt'} hold no document to evaluate{why}"
+    # Labels the run never trained on are dropped from the metrics: said, with the documents that are left without any.
+    proc = evaluate("alpha beta\r\ngamma\r\n\r\n", f"{names[0]} NO-SUCH-LABEL\r\nNO-SUCH-LABEL\r\n{names[1]}\r\n", "--bad-lines", "skip")
+    assert proc.returncode == 0 and json.loads((tmp_path / "m.json").read_text())["num_docs"] == 2, proc.stderr
+    assert f"{tmp_path / 't.txt'}: skipped 1 document(s) (empty 1)" in proc.stderr
+    assert (f"{tmp_path / 'l.txt'}: dropped 2 occurrence(s) of labels the run never saw in training "
+            "(1 document(s) left without labels, still counted)") in proc.stderr

@@ -128,10 +128,12 @@ def test_signal_checkpoints_and_resume_is_exact(zero0, runs):
 
     final = run_train(out, "--train.save_every", "5", "--train.eval_every", "20", "--train.resume", "true")
     assert final["step"] == 40
-    assert final["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-6)
-    assert final["P@1"] == reference["P@1"] and final["nDCG@5"] == pytest.approx(reference["nDCG@5"], rel=1e-6)
+    # Bit for bit on CPU (fp32, gloo): the same data order, schedule and dropout masks, the same sums.
+    assert final["train_loss"] == reference["train_loss"]
+    timings = ("samples_per_s", "train_time_s", "train_samples_per_s", "peak_rss_gb")
+    assert {k: v for k, v in final.items() if k not in timings} == {k: v for k, v in reference.items() if k not in timings}
     # Each evaluation logged once, whichever run logged it, with the uninterrupted run's losses.
-    assert losses(out) == pytest.approx(losses(zero0[0]), rel=1e-6) and len(losses(out)) == 2
+    assert losses(out) == losses(zero0[0]) and len(losses(out)) == 2
 
 
 def test_predict_and_evaluate_round_trip(zero0, runs, tmp_path):

@@ -53,9 +53,20 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 data = dataclasses.replace(cfg.data, bad_lines=args.bad_lines or cfg.data.bad_lines)
                 try:
-                    split = encode_labeled_files(corpus, args.texts, args.labels, data)[0]
+                    split, stats = encode_labeled_files(corpus, args.texts, args.labels, data)
                 except UserError as e:  # the readers' advice names the config key; here it is an option
                     raise UserError(str(e).replace('set data.bad_lines to "skip"', "pass --bad-lines skip")) from None
+                skipped = ", ".join(f"{k.removeprefix('eval_skipped_')} {n}" for k, n in stats.items() if k.startswith("eval_skipped_") and n)
+                if not len(split):  # metrics of no document would read as a model that gets everything wrong
+                    raise UserError(f"{args.texts} and {args.labels} hold no document to evaluate"
+                                    + (f" (skipped: {skipped})" if skipped else ""))
+                if skipped:
+                    total = sum(n for k, n in stats.items() if k.startswith("eval_skipped_"))
+                    print(f"{args.texts}: skipped {total} document(s) ({skipped})", file=sys.stderr)
+                if stats.get("eval_unseen_labels_dropped"):  # the run cannot predict them: they are left out of the metrics
+                    print(f"{args.labels}: dropped {stats['eval_unseen_labels_dropped']} occurrence(s) of labels the run never saw "
+                          f"in training ({stats.get('eval_docs_without_labels', 0)} document(s) left without labels, still counted)",
+                          file=sys.stderr)
             metrics = evaluate(model, split, cfg, 0, 1, device, corpus.label_counts, corpus.label_counts_docs, progress=args.progress)
             if args.json:
                 try:

@@ -109,7 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     run = Path(args.run)
     out = Path(args.out) if args.out else run / CURVES_FILE
-    if not write_curves(read_records(run / "metrics.jsonl"), out, title=str(run)):
+    try:
+        records = read_records(run / "metrics.jsonl")
+    except OSError as e:  # --run names a file, or metrics.jsonl is a directory or unreadable
+        print(f"error: {run / 'metrics.jsonl'} could not be read: {e.strerror or e}; pass the run's output directory", file=sys.stderr)
+        return 2
+    try:
+        drawn = write_curves(records, out, title=str(run))
+    except OSError as e:
+        print(f"error: --out {out} could not be written: {e.strerror or e}", file=sys.stderr)
+        return 2
+    if not drawn:
         print(f"error: {run / 'metrics.jsonl'} holds no evaluation to draw", file=sys.stderr)
         return 2
     print(out)
