@@ -96,6 +96,13 @@ def test_a_resumed_run_follows_its_config(tmp_path):
     (run / "final_metrics.json").write_text(json.dumps({**final, "step": 10}))
     proc = train(run, *longer, "--train.resume", "true")
     assert "nothing to do" not in proc.stdout and json.loads((run / "final_metrics.json").read_text())["step"] == 20
+    # A final_metrics.json cut short: the finished run evaluates again (a ValueError traceback before), to the same numbers.
+    final = json.loads((run / "final_metrics.json").read_text())
+    (run / "final_metrics.json").write_text('{"P@1": 0.5')
+    proc = train(run, *longer, "--train.resume", "true")
+    assert f"{run / 'final_metrics.json'} cannot be read; the final evaluation runs again" in proc.stdout
+    again = json.loads((run / "final_metrics.json").read_text())
+    assert {k: again[k] for k in ("step", "P@1", "nDCG@5", "micro_f1", "train_loss")} == {k: final[k] for k in ("step", "P@1", "nDCG@5", "micro_f1", "train_loss")}
     # Resumed with another model shape: one sentence naming the setting, and the directory as it was.
     config = (run / "config.json").read_bytes()
     proc = train(run, *longer, "--train.resume", "true", "--model.embed_dim", "48", check=False)
@@ -201,6 +208,10 @@ def test_evaluate_refuses_a_corpus_other_than_the_trained_one(tmp_path):
     check_corpus_matches_run(tmp_path, corpus)
     with pytest.raises(UserError, match="earlier xmtc whose whitespace tokenizer cut words at combining marks"):
         check_corpus_matches_run(tmp_path, types.SimpleNamespace(**{**vars(corpus), "tokenizer": WhitespaceTokenizer(["apple", "café"])}))
+    # A labels.txt that is not UTF-8 (damaged): one sentence, not a UnicodeDecodeError traceback.
+    (tmp_path / "labels.txt").write_bytes(b"earn\nac\xffq\n")
+    with pytest.raises(UserError, match=f"{tmp_path / 'labels.txt'} is damaged \\(not UTF-8: byte 7\\)"):
+        check_corpus_matches_run(tmp_path, corpus)
     # Label names as a table may give them: U+2028, U+0085 and a form feed are not line breaks of labels.txt.
     odd = types.SimpleNamespace(**{**vars(corpus), "label_names": ["Foo\u2028Bar", "a\x85b", "c\x0cd", "e\u00a0f"]})
     (tmp_path / "labels.txt").write_bytes(("\n".join(odd.label_names) + "\n").encode())

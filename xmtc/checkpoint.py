@@ -192,8 +192,7 @@ def check_corpus_matches_run(run_dir: Path, corpus) -> None:
     from xmtc.data import load_tokenizer
 
     labels = run_dir / "labels.txt"
-    # Split on "\n" only, as it was written: a label may hold U+2028 or U+0085, which splitlines() would cut.
-    if labels.is_file() and labels.read_bytes().decode("utf-8").split("\n")[:-1] != corpus.label_names:
+    if labels.is_file() and read_label_names(labels) != corpus.label_names:
         raise UserError(f"the data behind {run_dir} changed since it trained: its labels.txt differs from the labels of "
                         f"{corpus.cache_path} ({corpus.num_labels}); point the run's config.json at the data it trained on")
     saved = run_dir / "tokenizer"
@@ -204,6 +203,15 @@ def check_corpus_matches_run(run_dir: Path, corpus) -> None:
                             f"evaluate its test split with --texts/--labels, which use the run's own tokenizer/")
         raise UserError(f"the data behind {run_dir} changed since it trained: its tokenizer/ differs from the one of "
                         f"{corpus.cache_path}; point the run's config.json at the data it trained on")
+
+
+def read_label_names(path: Path) -> list[str]:
+    """A run's labels.txt: one name per line, split on "\n" only (a label may hold U+2028 or U+0085, which
+    splitlines() would cut); a file that is not UTF-8 is one sentence."""
+    try:
+        return path.read_bytes().decode("utf-8").split("\n")[:-1]
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is damaged (not UTF-8: byte {e.start}); the run wrote its label names there in UTF-8") from None
 
 
 def tokenizer_state(tokenizer) -> tuple:
@@ -266,7 +274,7 @@ def run_vocabulary(run_dir: Path):
     labels, saved = run_dir / "labels.txt", run_dir / "tokenizer"
     if not labels.is_file() or not (saved / "tokenizer.json").is_file():
         return None
-    names = labels.read_bytes().decode("utf-8").split("\n")[:-1]  # "\n" only, as check_corpus_matches_run reads it
+    names = read_label_names(labels)
     tokenizer = load_tokenizer(saved)
     record = read_corpus_record(run_dir)
     counts = None

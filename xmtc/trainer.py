@@ -371,8 +371,13 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
             best = None  # another metric, or a step this run has not reached (it will be met again)
         print0(f"resumed from {ckpt_dir} at step {step}" + (f"; best {select} so far {best['value']:.4f} at step {best['step']}" if best else ""))
         final = out / "final_metrics.json"
-        done = json.loads(final.read_text()) if step >= total_steps and final.is_file() else None
-        if done is not None and done.get("step") == step:  # not a final of fewer steps this run extended
+        done = None
+        if step >= total_steps and final.is_file():
+            try:
+                done = json.loads(final.read_text())
+            except (OSError, ValueError):  # damaged (written by hand, or not by this version): evaluated again
+                print0(f"{final} cannot be read; the final evaluation runs again")
+        if isinstance(done, dict) and done.get("step") == step:  # not a final of fewer steps this run extended
             print0(f"{out} finished at step {step} already (final_metrics.json); nothing to do")
             return done
     # Every check has passed: only now does this run write into its directory.
