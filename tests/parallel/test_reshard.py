@@ -292,3 +292,22 @@ def test_a_damaged_optimizer_names_file_is_one_sentence(tmp_path, text):
     (tmp_path / OPTIMIZER_PARAMS_FILE).write_text('[["a", "b"], ["c"]]')
     assert read_optimizer_names(tmp_path, {"num_shards": 2}) == [["a", "b"], ["c"]]
     assert read_optimizer_names(tmp_path, {"optimizer_params": [["x"]]}) == [["x"]]  # the layout's own list first
+
+
+def test_a_resharded_step_count_takes_the_type_its_optimizer_counts_in():
+    # torch's Adam(W) keep `step` as a tensor; DeepSpeed's FusedAdam and CPU Adam as a Python int that they hand to
+    # their kernels. A re-sharded tag gave every optimizer a float tensor, which those kernels cannot take.
+    from xmtc.parallel.optim_state import _step_tensor
+
+    class DeepSpeedAdam:  # the class's module is what tells DeepSpeed's optimizers apart
+        __module__ = "deepspeed.ops.adam.cpu_adam"
+
+    torch_adam = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    step = _step_tensor(torch.tensor(7.0), None, {}, torch.device("cpu"), DeepSpeedAdam())
+    assert type(step) is int and step == 7
+    step = _step_tensor(7, None, torch_adam.param_groups[0], torch.device("cpu"), torch_adam)
+    assert torch.is_tensor(step) and step.dtype == torch.float32 and step.item() == 7.0
+    # Where the optimizer has stepped already, its own step's type decides.
+    assert _step_tensor(torch.tensor(3.0), 1, {}, torch.device("cpu"), torch_adam) == 3
+    like = torch.tensor(1.0, dtype=torch.float64)
+    assert _step_tensor(5, like, {}, torch.device("cpu"), DeepSpeedAdam()).dtype == torch.float64

@@ -175,10 +175,15 @@ def split_named_state(states: list[NamedState], sharded: set[str], cut, num_shar
 # Into an engine
 
 
-def _step_tensor(value, like: torch.Tensor | None, group: dict, device: torch.device) -> torch.Tensor:
+def _step_tensor(value, like, group: dict, device: torch.device, optimizer) -> torch.Tensor | int:
+    """A saved step count as `optimizer` keeps it: as `like` (its own step, where it has stepped); else a Python
+    int for DeepSpeed's own optimizers (FusedAdam and CPU Adam count `step += 1` and hand it to their kernels as
+    an integer), and a float tensor for torch's (on the device for fused/capturable ones)."""
     step = float(value.item() if torch.is_tensor(value) else value)
-    if like is not None:
+    if torch.is_tensor(like):
         return torch.tensor(step, dtype=like.dtype, device=like.device)
+    if like is not None or type(optimizer).__module__.startswith("deepspeed.ops."):
+        return int(step)
     on_device = group.get("fused") or group.get("capturable")
     return torch.tensor(step, dtype=torch.float32, device=device if on_device else "cpu")
 
@@ -199,7 +204,7 @@ def _load_into_torch_optimizer(engine, state: NamedState) -> None:
                 if key == "param":
                     continue
                 if key == "step":
-                    new[key] = _step_tensor(value, old.get(key), group, p.device)
+                    new[key] = _step_tensor(value, old.get(key), group, p.device, opt)
                 else:
                     new[key] = value.to(device=p.device, dtype=p.dtype).clone()
             opt.state[p] = new
@@ -221,7 +226,7 @@ def _load_into_flat_partitions(engine, state: NamedState) -> None:
         new = {}
         for key in keys:
             if key == "step":
-                new[key] = _step_tensor(entries[0][1][key], old.get(key), group, flat.device)
+                new[key] = _step_tensor(entries[0][1][key], old.get(key), group, flat.device, base)
             else:
                 new[key] = torch.zeros_like(flat)  # padding beyond the last fragment stays zero
         for p, entry in entries:
