@@ -311,3 +311,13 @@ def test_a_resharded_step_count_takes_the_type_its_optimizer_counts_in():
     assert _step_tensor(torch.tensor(3.0), 1, {}, torch.device("cpu"), torch_adam) == 3
     like = torch.tensor(1.0, dtype=torch.float64)
     assert _step_tensor(5, like, {}, torch.device("cpu"), DeepSpeedAdam()).dtype == torch.float64
+
+
+def test_a_latest_that_names_no_tag_lists_only_resumable_tags(tmp_path):
+    # A killed re-shard leaves `.<tag>.tmp<pid>` behind: it was offered as a checkpoint to resume from.
+    for tag in ("step2", ".step4.tmp123", "step10"):
+        (tmp_path / tag).mkdir()
+        (tmp_path / tag / "mp_rank_00_model_states.pt").write_bytes(b"")
+    (tmp_path / "latest").write_text("step99")
+    with pytest.raises(UserError, match=r"names 'step99', which is not a checkpoint there; .*\(checkpoints there: step2, step10\)$"):
+        check_resume_layout(tmp_path, 1)

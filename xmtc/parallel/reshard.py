@@ -186,7 +186,9 @@ def check_resume_layout(ckpt_dir: Path, num_shards: int) -> None:
     tag = latest.read_text().strip()
     tag_dir = Path(ckpt_dir) / tag
     if not tag or "/" in tag or not tag_dir.is_dir():
-        tags = sorted((p.name for p in Path(ckpt_dir).iterdir() if p.is_dir() and any(p.glob("*model_states.pt"))),
+        # Not the hidden ones: `.<tag>.tmp<pid>`, what a killed re-shard left (and never resumable).
+        tags = sorted((p.name for p in Path(ckpt_dir).iterdir()
+                       if p.is_dir() and not p.name.startswith(".") and any(p.glob("*model_states.pt"))),
                       key=lambda t: (len(t), t))
         what = "is empty (a save was stopped while DeepSpeed wrote it)" if not tag else f"names {tag!r}, which is not a checkpoint there"
         raise UserError(
