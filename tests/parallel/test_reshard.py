@@ -251,7 +251,8 @@ def write_zero_tag(tag_dir, full, moments, groups, num_shards, dp):
                 state[gi] = {"exp_avg": flats[gi]["exp_avg"][lo:hi].clone(),
                              "exp_avg_sq": flats[gi]["exp_avg_sq"][lo:hi].clone(), "step": torch.tensor(2.0)}
             optimizer = {"param_slice_mappings": mappings, "single_partition_of_fp32_groups": fp32,
-                         "base_optimizer_state": {"state": state, "param_groups": []}}
+                         "base_optimizer_state": {"state": state, "param_groups": []},
+                         "partition_count": [dp] * len(groups)}  # as DeepSpeed's ZeRO-1/2 and bf16 optimizers save it
             torch.save({"optimizer_state_dict": optimizer}, tag_dir / f"zero_pp_rank_{d}_mp_rank_{s:02d}_optim_states.pt")
     if num_shards > 1:
         (tag_dir / "label_shards.json").write_text(json.dumps({"num_shards": num_shards, "num_labels": w.L,
@@ -321,3 +322,17 @@ def test_a_latest_that_names_no_tag_lists_only_resumable_tags(tmp_path):
     (tmp_path / "latest").write_text("step99")
     with pytest.raises(UserError, match=r"names 'step99', which is not a checkpoint there; .*\(checkpoints there: step2, step10\)$"):
         check_resume_layout(tmp_path, 1)
+
+
+def test_a_zero_tag_without_its_last_partition_is_refused(tmp_path):
+    # Partitions 0..n-2 of n look complete by their names alone; where the missing one started at a parameter's first
+    # element, re-sharding went through and the resume stopped later, on a parameter the state lacked.
+    full, optimizer, names = trained_state()
+    moments = {n: {k: optimizer["state"][i][k] for k in ("exp_avg", "exp_avg_sq")} for i, n in enumerate(names)}
+    groups = [[n for n in names if full[n].dim() > 1], [n for n in names if full[n].dim() == 1]]
+    ckpt = tmp_path / "checkpoints"
+    write_zero_tag(ckpt / "step2", full, moments, groups, 2, 3)
+    (ckpt / "step2" / "zero_pp_rank_2_mp_rank_01_optim_states.pt").unlink()
+    with pytest.raises(UserError, match=r"step2 holds 2 ZeRO partitions of shard 1, written by 3 ranks; the tag is incomplete"):
+        reshard_tag(ckpt, "step2", 1)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step2"]

@@ -83,6 +83,12 @@ def read_zero_state(files: list[Path], module: dict[str, torch.Tensor]) -> Named
     scalars: dict[str, dict[str, torch.Tensor]] = {}
     for path in files:
         sd = torch.load(path, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        written_by = sd.get("partition_count")  # the data-parallel ranks that saved the shard, per group
+        written_by = max(written_by) if isinstance(written_by, (list, tuple)) and written_by else written_by
+        if isinstance(written_by, int) and written_by != len(files):  # a missing last file: the names look complete
+            shard = re.search(r"mp_rank_(\d+)", path.name).group(1)
+            raise UserError(f"{path.parent} holds {len(files)} ZeRO partitions of shard {int(shard)}, written by {written_by} "
+                            "ranks; the tag is incomplete")
         mappings = sd["param_slice_mappings"]
         fp32 = sd["single_partition_of_fp32_groups"]
         states = _group_states(sd["base_optimizer_state"], len(mappings))
