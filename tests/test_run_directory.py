@@ -112,6 +112,11 @@ def test_a_resumed_run_follows_its_config(tmp_path):
         "config builds; the run trained with model.embed_dim = 32 (now 48): resume with the settings it trained with"
     ], proc.stderr[-2000:]
     assert (run / "config.json").read_bytes() == config
+    # Resumed on other data whose vocabulary has the same size (it loaded, and trained on ids of other words): refused.
+    proc = train(run, *longer, "--train.resume", "true", "--synthetic.seed", "99", check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and f"the data behind {run} changed since it trained" in errors[0], proc.stderr[-2000:]
+    assert (run / "config.json").read_bytes() == config
     # A `latest` that names no checkpoint (DeepSpeed writes it in place) is one sentence, before anything is read.
     for content, what in (("", "is empty (a save was stopped while DeepSpeed wrote it)"), ("step99\n", "names 'step99', which is not a checkpoint there")):
         (run / "checkpoints" / "latest").write_text(content)
@@ -208,6 +213,12 @@ def test_evaluate_refuses_a_corpus_other_than_the_trained_one(tmp_path):
     check_corpus_matches_run(tmp_path, corpus)
     with pytest.raises(UserError, match="earlier xmtc whose whitespace tokenizer cut words at combining marks"):
         check_corpus_matches_run(tmp_path, types.SimpleNamespace(**{**vars(corpus), "tokenizer": WhitespaceTokenizer(["apple", "café"])}))
+    with pytest.raises(UserError, match="combining marks .*; train it afresh"):
+        check_corpus_matches_run(tmp_path, types.SimpleNamespace(**{**vars(corpus), "tokenizer": WhitespaceTokenizer(["apple", "cafe\u0301"])}),
+                                 resuming=True)
+    # Other words without a mark: the data changed, whichever xmtc the run trained with.
+    with pytest.raises(UserError, match="its tokenizer/ differs"):
+        check_corpus_matches_run(tmp_path, types.SimpleNamespace(**{**vars(corpus), "tokenizer": WhitespaceTokenizer(["banana", "kiwi"])}))
     # A labels.txt that is not UTF-8 (damaged): one sentence, not a UnicodeDecodeError traceback.
     (tmp_path / "labels.txt").write_bytes(b"earn\nac\xffq\n")
     with pytest.raises(UserError, match=f"{tmp_path / 'labels.txt'} is damaged \\(not UTF-8: byte 7\\)"):

@@ -186,9 +186,17 @@ def load_model_state(ckpt_dir: str | Path, tag: str | None = None) -> dict[str, 
     return load_checkpoint_weights(ckpt_dir, tag)[0]
 
 
-def check_corpus_matches_run(run_dir: Path, corpus) -> None:
+def _marked_words(tokenizer) -> set[str]:
+    """The words of a whitespace vocabulary that hold a combining mark (Unicode category M)."""
+    import unicodedata
+
+    return {w for w in getattr(tokenizer, "words", ()) if any(unicodedata.category(c)[0] == "M" for c in w)}
+
+
+def check_corpus_matches_run(run_dir: Path, corpus, resuming: bool = False) -> None:
     """The corpus rebuilt from a run's config must be the one it trained on: same labels in the same
-    order (labels.txt), same tokenizer (tokenizer/); else its weights would be read against other ids."""
+    order (labels.txt), same tokenizer (tokenizer/); else its weights would be read against other ids
+    (`resuming`: the advice is for a resumed run, not for xmtc.evaluate)."""
     from xmtc.data import load_tokenizer
 
     labels = run_dir / "labels.txt"
@@ -197,10 +205,13 @@ def check_corpus_matches_run(run_dir: Path, corpus) -> None:
                         f"{corpus.cache_path} ({corpus.num_labels}); point the run's config.json at the data it trained on")
     saved = run_dir / "tokenizer"
     if saved.is_dir() and tokenizer_state(trained := load_tokenizer(saved)) != tokenizer_state(corpus.tokenizer):
-        if getattr(trained, "marks", True) is False and getattr(corpus.tokenizer, "marks", False):
+        if (getattr(trained, "marks", True) is False and getattr(corpus.tokenizer, "marks", False)
+                and _marked_words(corpus.tokenizer)):  # the new split made words with marks: the change, not the data
+            advice = ("train it afresh (or resume it with the xmtc it trained with)" if resuming else
+                      "evaluate its test split with --texts/--labels, which use the run's own tokenizer/")
             raise UserError(f"{run_dir} trained with an earlier xmtc whose whitespace tokenizer cut words at combining "
                             f"marks (accents, vowel signs), so its vocabulary cannot be rebuilt from {corpus.cache_path}; "
-                            f"evaluate its test split with --texts/--labels, which use the run's own tokenizer/")
+                            f"{advice}")
         raise UserError(f"the data behind {run_dir} changed since it trained: its tokenizer/ differs from the one of "
                         f"{corpus.cache_path}; point the run's config.json at the data it trained on")
 

@@ -35,7 +35,8 @@ import torch
 
 import kernels
 from xmtc import ops
-from xmtc.checkpoint import BEST_FILE, CORPUS_FILE, corpus_record, keep_metrics_through, read_best, set_aside_run, set_aside_tag
+from xmtc.checkpoint import (BEST_FILE, CORPUS_FILE, check_corpus_matches_run, corpus_record, keep_metrics_through, read_best,
+                             set_aside_run, set_aside_tag)
 from xmtc.config import LOWER_IS_BETTER, Config, ConfigError, UserError
 from xmtc.config_checks import check_monitor_packages
 from xmtc.data import TrainBatchSampler, collate, load_corpus, whole_train_token_ids
@@ -293,6 +294,9 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
     claim_output_dir(lock, dist_info, take=False)  # before minutes of reading data and building the model
 
     corpus = load_corpus(cfg.data, cfg.synthetic)
+    if cfg.train.resume and (ckpt_dir / "latest").is_file():
+        # The data must be what the run trained on: another vocabulary of the same size would load and train on.
+        check_corpus_matches_run(out, corpus, resuming=True)
     if dist_info.is_main:
         print0(
             f"data: {len(corpus.train)} train / {len(corpus.valid) if corpus.valid is not None else 0} valid / "
