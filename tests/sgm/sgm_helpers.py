@@ -35,3 +35,14 @@ def token_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> tuple[torch.
     lengths[0] = seq
     ids[torch.arange(seq)[None, :] >= lengths[:, None]] = 0
     return ids, lengths
+
+
+def gather_from_two_ranks(rank_fn) -> list:
+    """Spawn `rank_fn(rank, port, queue)` on 2 gloo ranks; what each put on the queue, in arrival order."""
+    import torch.multiprocessing as mp
+
+    from xmtc.distributed import free_port
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(rank_fn, args=(free_port(), queue), nprocs=2, join=True, start_method="spawn")
+    return [queue.get() for _ in range(2)]

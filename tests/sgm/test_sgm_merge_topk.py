@@ -9,9 +9,8 @@ import types
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from xmtc.distributed import free_port
+from sgm_helpers import gather_from_two_ranks
 from xmtc.parallel.sgm_shards import ShardedLabelHead
 
 pytestmark = pytest.mark.slow
@@ -36,10 +35,7 @@ def _rank(rank: int, port: int, queue) -> None:
 
 
 def test_padding_never_outranks_a_masked_output():
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    mp.start_processes(_rank, args=(free_port(), queue), nprocs=2, join=True, start_method="spawn")
-    results = sorted(queue.get() for _ in range(2))
+    results = sorted(gather_from_two_ranks(_rank))
     inf = float("-inf")
     for _, top, top_ids in results:  # both ranks agree
         assert top == [[2.0, 1.5, 1.0, 0.5], [0.75, inf, inf, inf]]

@@ -10,9 +10,8 @@ import types
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from xmtc.distributed import free_port
+from sgm_helpers import gather_from_two_ranks
 from xmtc.models.sgm import LabelHead
 from xmtc.parallel.groups import label_range
 from xmtc.parallel.sgm_shards import ShardedLabelHead
@@ -63,8 +62,5 @@ def _rank(rank: int, port: int, queue) -> None:
 
 
 def test_sharded_head_matches_unsharded_with_an_all_masked_shard():
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    mp.start_processes(_rank, args=(free_port(), queue), nprocs=2, join=True, start_method="spawn")
-    problems = [p for _ in range(2) for p in queue.get()]
+    problems = [p for found in gather_from_two_ranks(_rank) for p in found]
     assert not problems, "\n".join(problems)
