@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -152,22 +153,43 @@ def test_an_enabled_monitor_needs_its_package(monkeypatch):
      {"bf16": {"enabled": True, "immediate_grad_update": True}}),  # the block's other keys are kept
     ("bf16", {"fp16": {"enabled": False}}, "cpu", {"bf16": {"enabled": True}, "fp16": {"enabled": False}}),
     ("fp32", {"bf16": {"enabled": False}}, "cuda", {"bf16": {"enabled": False}}),
-    ("bf16", {"bf16": {"enabled": False}}, "cuda", "deepspeed.bf16.enabled is false"),
-    ("bf16", {"fp16": {"enabled": True}}, "cuda", "deepspeed.fp16.enabled is true"),
-    ("fp32", {"bf16": {"enabled": True}}, "cpu", "deepspeed.bf16.enabled is true"),
-    ("fp32", {"fp16": {"enabled": True}}, "cuda", "deepspeed.fp16.enabled is true"),
+    # `enabled` as DeepSpeed's pydantic models read it, passed on as a bool; "bfloat16" is the bf16 block's old name
+    ("auto", {"bf16": {"enabled": "false"}}, "cuda", {"bf16": {"enabled": False}}),
+    ("auto", {"bf16": {"enabled": "Yes"}}, "cpu", {"bf16": {"enabled": True}}),
+    ("auto", {"bfloat16": {"enabled": 0}}, "cuda", {"bf16": {"enabled": False}}),
+    ("auto", {"bfloat16": {"enabled": "on", "check_grad_overflow": True}}, "cpu",
+     {"bf16": {"enabled": True, "check_grad_overflow": True}}),
+    ("fp32", {"bf16": {"enabled": "off"}}, "cuda", {"bf16": {"enabled": False}}),
+    ("bf16", {"bf16": {"enabled": False}}, "cuda", "'train.precision' is \"bf16\" but deepspeed.bf16.enabled is false; set one of them"),
+    ("bf16", {"bf16": {"enabled": "false"}}, "cuda", "'train.precision' is \"bf16\" but deepspeed.bf16.enabled is false; set one of them"),
+    ("bf16", {"bfloat16": {"enabled": "f"}}, "cuda", "'train.precision' is \"bf16\" but deepspeed.bfloat16.enabled is false; set one of them"),
+    ("bf16", {"fp16": {"enabled": True}}, "cuda", "'train.precision' is \"bf16\" but deepspeed.fp16.enabled is true; set one of them"),
+    ("fp32", {"bf16": {"enabled": True}}, "cpu", "'train.precision' is \"fp32\" but deepspeed.bf16.enabled is true; set one of them"),
+    ("fp32", {"fp16": {"enabled": True}}, "cuda", "'train.precision' is \"fp32\" but deepspeed.fp16.enabled is true; set one of them"),
+    ("fp32", {"fp16": {"enabled": "1"}}, "cuda", "'train.precision' is \"fp32\" but deepspeed.fp16.enabled is true; set one of them"),
+    ("auto", {"bf16": {"enabled": True}, "fp16": {"enabled": "true"}}, "cuda",
+     "'deepspeed.bf16.enabled' and 'deepspeed.fp16.enabled' are both true; DeepSpeed trains in one of them"),
+    ("auto", {"bf16": {"enabled": "maybe"}}, "cuda", "'deepspeed.bf16.enabled' is \"maybe\"; DeepSpeed reads it as a boolean: give true or false"),
+    ("auto", {"fp16": {"enabled": " true"}}, "cuda", "'deepspeed.fp16.enabled' is \" true\"; DeepSpeed reads it as a boolean"),
+    ("auto", {"bf16": {"enabled": None}}, "cuda", "'deepspeed.bf16.enabled' is null; DeepSpeed reads it as a boolean"),
+    ("auto", {"bf16": {"enabled": 2}}, "cuda", "'deepspeed.bf16.enabled' is 2; DeepSpeed reads it as a boolean"),
 ])
 def test_train_precision_and_the_deepspeed_blocks_agree_or_are_refused(precision, blocks, device, expect):
     # Before, train.precision bf16 silently overrode a disabled bf16 block (and dropped its other keys), and turned bf16
-    # on beside an enabled fp16 block; fp32 beside fp16 ran fp16.
+    # on beside an enabled fp16 block; fp32 beside fp16 ran fp16. The string "false" read as true, the old block
+    # name "bfloat16" was not looked at, and a clash was found only at trainer start-up (after the data was read),
+    # not by load_config, so launch/slurm/check_config.py let the job queue.
     from xmtc.trainer import resolve_deepspeed_config
 
-    cfg = load_config("debug_xml_cnn", ["--train.precision", precision,
-                                        *[a for k, v in blocks.items() for a in (f"--deepspeed.{k}", json.dumps(v))]])
+    overrides = ["--train.precision", precision, *[a for k, v in blocks.items() for a in (f"--deepspeed.{k}", json.dumps(v))]]
     if isinstance(expect, str):
-        with pytest.raises(ConfigError, match=f"'train.precision' is \"{precision}\" but {expect}; set one of them") as e:
-            resolve_deepspeed_config(cfg, 1, device)
+        with pytest.raises(ConfigError, match="^config keys? " + re.escape(expect)) as e:
+            load_config("debug_xml_cnn", overrides)
         assert "\n" not in str(e.value)
     else:
-        ds = resolve_deepspeed_config(cfg, 1, device)
-        assert {k: ds[k] for k in ("bf16", "fp16") if k in ds} == expect
+        ds = resolve_deepspeed_config(load_config("debug_xml_cnn", overrides), 1, device)
+        assert {k: ds[k] for k in ("bf16", "bfloat16", "fp16") if k in ds} == expect
+        if expect.get("bf16"):  # and DeepSpeed's own config model reads the resolved block alike
+            from deepspeed.runtime.precision_config import get_bfloat16_config
+
+            assert get_bfloat16_config(ds).enabled is expect["bf16"]["enabled"]

@@ -214,7 +214,8 @@ class TrainConfig:
     resume: bool = False
     """Continue from output_dir/checkpoints (tag `latest`) when one exists."""
     precision: str = "auto"
-    """"auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16"; written into the deepspeed section."""
+    """"auto" (a bf16/fp16 block of the deepspeed section decides; without one bf16 on CUDA, fp32 on CPU), "fp32" or
+    "bf16" (written into the deepspeed section; a block that contradicts it is refused)."""
     progress: bool = True
     """tqdm progress bar on rank 0."""
     plot: bool = True

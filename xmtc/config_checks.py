@@ -3,6 +3,7 @@ choices are checked while reading (xmtc.config); DeepSpeed checks its own sectio
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING
 
@@ -91,10 +92,11 @@ def check_values(cfg: Config) -> None:
     clip = cfg.deepspeed.get("gradient_clipping", 0.0)
     if not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0:
         raise ConfigError(f"config key 'deepspeed.gradient_clipping' must be a number >= 0 (0 = off), got {clip!r}")
-    for block in ("zero_optimization", "bf16", "fp16"):
+    for block in ("zero_optimization", "bf16", "bfloat16", "fp16"):
         if block in cfg.deepspeed and not isinstance(cfg.deepspeed[block], dict):
             example = '{"stage": 2}' if block == "zero_optimization" else '{"enabled": true}'
             raise ConfigError(f"config key 'deepspeed.{block}' is {cfg.deepspeed[block]!r}; it must be an object, e.g. {example}")
+    check_precision(cfg.train.precision, cfg.deepspeed)
     zero = cfg.deepspeed.get("zero_optimization", {})
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
@@ -105,11 +107,58 @@ MONITOR_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet": "co
 """DeepSpeed monitors of the deepspeed section -> the package each imports when enabled (csv_monitor needs none)."""
 
 
-def _enabled(value) -> bool:
-    """A monitor's `enabled` as DeepSpeed's config models (pydantic) read it: true, 1, "true", "yes", "on", ..."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "t", "yes", "y", "on")
-    return bool(value) if isinstance(value, (bool, int)) else False
+_TRUE_WORDS = ("1", "on", "t", "true", "y", "yes")
+_FALSE_WORDS = ("0", "off", "f", "false", "n", "no")
+
+
+def deepspeed_bool(key: str, value) -> bool:
+    """A boolean of the deepspeed section as DeepSpeed's config models (pydantic) read it: true/false, 0/1, and the
+    strings "true", "false", "yes", "no", "on", "off", "t", "f", "y", "n", "1", "0" in any case (not padded); anything
+    else DeepSpeed refuses with a validation traceback after the data and the model are built, so it is refused here."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in _TRUE_WORDS + _FALSE_WORDS:
+        return value.lower() in _TRUE_WORDS
+    raise ConfigError(f"config key '{key}' is {json.dumps(value)}; DeepSpeed reads it as a boolean: give true or false")
+
+
+PRECISION_BLOCKS = {"bf16": ("bf16", "bfloat16"), "fp16": ("fp16",)}
+"""The deepspeed section's precision blocks -> the keys DeepSpeed reads each from, first found wins ("bfloat16" is
+its older name for the bf16 block, read only where there is no "bf16")."""
+
+
+def precision_blocks(deepspeed_section: dict) -> dict[str, tuple[str, bool | None]]:
+    """{"bf16" / "fp16": (the key the block is under, its `enabled` as DeepSpeed reads it, None where unset)}
+    for each precision block present."""
+    out = {}
+    for name, keys in PRECISION_BLOCKS.items():
+        key = next((k for k in keys if k in deepspeed_section), None)
+        if key is None:
+            continue
+        block = deepspeed_section[key]
+        if not isinstance(block, dict):
+            raise ConfigError(f"config key 'deepspeed.{key}' is {block!r}; it must be an object, e.g. {{\"enabled\": true}}")
+        out[name] = (key, deepspeed_bool(f"deepspeed.{key}.enabled", block["enabled"]) if "enabled" in block else None)
+    return out
+
+
+def check_precision(precision: str, deepspeed_section: dict) -> None:
+    """Raise ConfigError where `train.precision` "bf16" or "fp32" contradicts a precision block of the deepspeed
+    section (bf16 with bf16 disabled or fp16 enabled, fp32 with either enabled), rather than one of the two
+    silently winning; "auto" follows the section. Also refuses both blocks enabled, which DeepSpeed refuses
+    with an assertion only once the model is built."""
+    blocks = precision_blocks(deepspeed_section)
+    on = [blocks[k][0] for k in ("bf16", "fp16") if k in blocks and blocks[k][1]]
+    if len(on) == 2:
+        raise ConfigError(f"config keys 'deepspeed.{on[0]}.enabled' and 'deepspeed.fp16.enabled' are both true; "
+                          "DeepSpeed trains in one of them: disable the other")
+    clash = [f"deepspeed.{key}.enabled is {str(enabled).lower()}" for name, (key, enabled) in blocks.items()
+             if enabled is not None and (precision == "fp32" and enabled or precision == "bf16" and enabled != (name == "bf16"))]
+    if clash:
+        raise ConfigError(f"config key 'train.precision' is \"{precision}\" but {' and '.join(clash)}; set one of them "
+                          "(train.precision \"auto\" follows the deepspeed section)")
 
 
 def check_monitor_packages(deepspeed_section: dict) -> None:
@@ -119,7 +168,7 @@ def check_monitor_packages(deepspeed_section: dict) -> None:
 
     for key, package in MONITOR_PACKAGES.items():
         block = deepspeed_section.get(key)
-        if isinstance(block, dict) and _enabled(block.get("enabled")) and importlib.util.find_spec(package) is None:
+        if isinstance(block, dict) and "enabled" in block and deepspeed_bool(f"deepspeed.{key}.enabled", block["enabled"]) and importlib.util.find_spec(package) is None:
             extra = " (or pip install 'xmtc[tensorboard]')" if key == "tensorboard" else ""
             raise ConfigError(f"config key 'deepspeed.{key}.enabled' is true but the {package} package is not installed; "
                               f"pip install {package}{extra}, or disable the monitor")

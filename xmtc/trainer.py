@@ -38,7 +38,7 @@ from xmtc import ops
 from xmtc.checkpoint import (BEST_FILE, CORPUS_FILE, check_corpus_matches_run, corpus_record, keep_metrics_through, read_best,
                              set_aside_run, set_aside_tag)
 from xmtc.config import LOWER_IS_BETTER, Config, ConfigError, UserError
-from xmtc.config_checks import check_monitor_packages
+from xmtc.config_checks import check_monitor_packages, check_precision, precision_blocks
 from xmtc.data import TrainBatchSampler, collate, load_corpus, whole_train_token_ids
 from xmtc.distributed import DistInfo, all_reduce_max, all_reduce_sum, from_main, print0, setup
 from xmtc.evaluation import evaluate, move
@@ -108,15 +108,13 @@ def resolve_deepspeed_config(cfg: Config, data_world_size: int, device_type: str
     enabled, fp32 with either enabled) is refused rather than one of the two silently winning."""
     ds = json.loads(json.dumps(cfg.deepspeed))
     ds["train_batch_size"] = cfg.micro_batch_size * cfg.grad_accum * data_world_size
+    check_precision(cfg.train.precision, ds)
+    blocks = precision_blocks(ds)
+    for name, (key, enabled) in blocks.items():  # under its current name, `enabled` a bool: read alike everywhere
+        ds[name] = {**ds.pop(key), "enabled": bool(enabled)}
     precision = cfg.train.precision
-    if precision == "auto" and not any(k in ds for k in ("bf16", "fp16")):
+    if precision == "auto" and not blocks:
         precision = "bf16" if device_type == "cuda" else "fp32"
-    enabled = {k: ds[k].get("enabled") for k in ("bf16", "fp16") if isinstance(ds.get(k), dict) and "enabled" in ds[k]}
-    clash = [f"deepspeed.{k}.enabled is {str(bool(v)).lower()}" for k, v in enabled.items()
-             if precision == "fp32" and v or precision == "bf16" and bool(v) != (k == "bf16")]
-    if clash:
-        raise ConfigError(f"config key 'train.precision' is \"{precision}\" but {' and '.join(clash)}; set one of them "
-                          "(train.precision \"auto\" follows the deepspeed section)")
     if precision == "bf16":
         ds["bf16"] = {**ds.get("bf16", {}), "enabled": True}  # the block's other settings kept
     return ds

@@ -62,6 +62,11 @@ def test_unset_variables_keep_the_script_defaults(submit):
     ({"XMTC_TRAIN_ARGS": "--train.no_such_key 1"}, "train.no_such_key"),  # against the scripts' default config
     ({"XMTC_GPUS_PER_NODE": "0"}, "error: XMTC_GPUS_PER_NODE=0 needs XMTC_RANKS_PER_NODE"),
     ({"XMTC_NODES": "two"}, "error: XMTC_NODES is 'two'; it must be an integer >= 1"),
+    # Settings that contradict each other are refused here too, not by every rank once the job has its nodes.
+    ({"XMTC_CONFIG": "debug_xml_cnn", "XMTC_TRAIN_ARGS": '--train.precision fp32 --deepspeed.bf16.enabled true'},
+     "error: config key 'train.precision' is \"fp32\" but deepspeed.bf16.enabled is true; set one of them"),
+    ({"XMTC_CONFIG": "debug_xml_cnn", "XMTC_TRAIN_ARGS": '--deepspeed.fp16.enabled maybe'},
+     "error: config key 'deepspeed.fp16.enabled' is \"maybe\"; DeepSpeed reads it as a boolean"),
 ])
 def test_bad_input_is_refused_before_submitting(submit, env, message):
     done, argv = submit(SINGLE, **env)

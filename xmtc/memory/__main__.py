@@ -92,10 +92,10 @@ def planned_dtype(cfg, device: str) -> str:
     (train.precision bf16/fp32 wins over a deepspeed bf16 block; "auto" defers to it, else bf16 on CUDA)."""
     from xmtc.trainer import resolve_deepspeed_config
 
-    if cfg.deepspeed.get("fp16", {}).get("enabled"):
+    ds = resolve_deepspeed_config(cfg, 1, device)  # the precision blocks checked, `enabled` read as DeepSpeed reads it
+    if ds.get("fp16", {}).get("enabled"):
         raise ConfigError("config key 'deepspeed.fp16' is enabled; the planner models bf16 and fp32 only "
                           "(fp16 keeps the bytes of bf16 plus a loss scaler): pass --dtype bf16 for that estimate")
-    ds = resolve_deepspeed_config(cfg, 1, device)
     return "bf16" if ds.get("bf16", {}).get("enabled") else "fp32"
 
 
