@@ -193,3 +193,15 @@ def test_train_precision_and_the_deepspeed_blocks_agree_or_are_refused(precision
             from deepspeed.runtime.precision_config import get_bfloat16_config
 
             assert get_bfloat16_config(ds).enabled is expect["bf16"]["enabled"]
+
+
+@pytest.mark.parametrize("ds_config, bf16", [
+    ({"bf16": {"enabled": True}}, True), ({"bf16": {"enabled": "false"}}, False), ({"bfloat16": {"enabled": "yes"}}, True),
+    ({"bf16": {"enabled": "maybe"}}, False), ({"fp16": {"enabled": True}}, False), ({}, False), (None, False),
+])
+def test_a_checkpoint_reads_its_bf16_block_as_deepspeed_read_it(ds_config, bf16):
+    # The weights' dtype of a saved run follows its ds_config as DeepSpeed read it: the string "false" of a run
+    # started before the precision blocks were checked is false (bool() made it true and evaluated in bf16).
+    from xmtc.checkpoint import trained_in_bf16
+
+    assert trained_in_bf16({"ds_config": ds_config}) is bf16

@@ -142,8 +142,15 @@ def _first_line(e: BaseException) -> str:
 
 
 def trained_in_bf16(states: dict) -> bool:
-    """Whether the DeepSpeed model-states dict `states` is of a run that kept its weights in bf16."""
-    return bool((states.get("ds_config") or {}).get("bf16", {}).get("enabled"))
+    """Whether the DeepSpeed model-states dict `states` is of a run that kept its weights in bf16: its bf16 block
+    (or the old name "bfloat16") read as DeepSpeed read it, so a string "false" of an older run is false."""
+    from xmtc.config_checks import precision_blocks
+    from xmtc.errors import ConfigError
+
+    try:
+        return bool(precision_blocks(states.get("ds_config") or {}).get("bf16", (None, False))[1])
+    except ConfigError:  # a value DeepSpeed would not have started with
+        return False
 
 
 def load_checkpoint_weights(ckpt_dir: str | Path, tag: str | None = None) -> tuple[dict[str, torch.Tensor], torch.dtype]:
