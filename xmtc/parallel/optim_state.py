@@ -5,7 +5,7 @@ not continue the one it came from. DeepSpeed keeps them in one of two layouts:
 
 - ZeRO-0 with a torch optimizer (fp32): the torch `state_dict()` in `mp_rank_{s:02d}_model_states.pt`,
   state by parameter index (`optimizer_params.json`, or `label_shards.json`, names the indices);
-- ZeRO-1/2 (and bf16 at ZeRO-0): a flat fp32 partition per data-parallel rank d, with the base
+- ZeRO-1/2 (fp32 or bf16): a flat fp32 partition per data-parallel rank d, with the base
   optimizer's moments over it, in `[bf16_]zero_pp_rank_{d}_mp_rank_{s:02d}_optim_states.pt`. Its
   `param_slice_mappings` name, per parameter group, the (start, numel) of each parameter's
   fragment in that rank's partition. The partitions are consecutive pieces of one flat group, so
@@ -17,7 +17,9 @@ parameter. The re-sharding tool cuts those along labels like the weights and wri
 `named_optimizer_shard{s:02d}.pt` per new shard. `load_named_state` puts a `NamedState` into an
 engine of any ZeRO stage 0-2, whatever its data-parallel size: into the torch optimizer's state at
 ZeRO-0, into the flat partitions (master weights and moments, this rank's fragment of each
-parameter) at ZeRO-1/2 and under DeepSpeed's bf16 optimizer.
+parameter) at ZeRO-1/2, fp32 or bf16. fp16/bf16 at ZeRO-0 run under DeepSpeed's FP16_UnfusedOptimizer,
+whose state has a layout of its own: it is neither read (such a source re-shards to weights only) nor
+written into (resuming into it is refused in one sentence).
 """
 
 from __future__ import annotations

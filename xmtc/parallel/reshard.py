@@ -12,7 +12,7 @@ sources alike: `xmtc.parallel.optim_state` reads it by parameter name out of the
 (ZeRO-0) or DeepSpeed's flat partitions (ZeRO-1/2, bf16), and the new tag stores it by name, one
 `named_optimizer_shard{s:02d}.pt` per shard, which a run of any ZeRO stage 0-2 and any number of
 data-parallel replicas resumes from (`xmtc.parallel.load_checkpoint`). Only a source without a
-readable optimizer state (DeepSpeed's own optimizer block under fp16) gives a weights-only tag.
+readable optimizer state (fp16/bf16 at ZeRO-0, DeepSpeed's FP16_UnfusedOptimizer) gives a weights-only tag.
 """
 
 from __future__ import annotations
