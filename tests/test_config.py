@@ -205,3 +205,149 @@ def test_a_checkpoint_reads_its_bf16_block_as_deepspeed_read_it(ds_config, bf16)
     from xmtc.checkpoint import trained_in_bf16
 
     assert trained_in_bf16({"ds_config": ds_config}) is bf16
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Bad input that gave a traceback, or ran something other than asked, before it was refused when read.
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"train": {"max_steps": 3, "max_steps": 5}}', "config key 'train.max_steps' is given twice; JSON would keep only the last"),
+    ('{"train": {"max_steps": 3}, "train": {"lr": 0.1}}', "config section 'train' is given twice"),
+    ('{"deepspeed": {"zero_optimization": {"stage": 2, "stage": 0}}}', "config key 'deepspeed.zero_optimization.stage' is given twice"),
+])
+def test_a_key_given_twice_in_the_file_is_refused(tmp_path, text, message):
+    # Before, json kept the last one silently: max_steps 5, the first train section dropped, ZeRO 0.
+    path = tmp_path / "dup.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"data": {"path": "caf\xe9"}}'.encode("latin-1"), r"dup.json line 1: byte 0xe9 is not UTF-8; save the file as UTF-8"),
+    ('{"train": {}}'.encode("utf-16"), r"dup.json line 1: byte 0xff is not UTF-8"),
+    (b'{"train": {"max_steps": ' + b"9" * 5000 + b"}}", "holds an integer of over 4300 digits"),
+    (b"[" * 100_000 + b"]" * 100_000, "holds values nested too deeply"),
+], ids=["latin-1", "utf-16", "5000-digit-integer", "nested-100000-deep"])
+def test_an_unreadable_config_file_is_one_sentence(tmp_path, content, message):
+    # Before: UnicodeDecodeError, ValueError (int digits limit) and RecursionError tracebacks.
+    path = tmp_path / "dup.json"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(path))
+
+
+def test_a_config_file_that_cannot_be_read_is_one_sentence(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    path = tmp_path / "c.json"
+    path.write_text("{}")
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(ConfigError, match=r"^config file .*c.json cannot be read \(Permission denied\)$"):
+        load_config(str(path))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2]", "must be a JSON object of sections, got an array"),
+    ("null", "must be a JSON object of sections, got null"),
+    ('{"train": [1]}', "config section 'train' must be a JSON object, got an array"),
+    ('{"train": 5}', "config section 'train' must be a JSON object, got 5"),
+])
+def test_a_file_that_is_not_sections_is_refused_with_overrides_too(tmp_path, text, message):
+    # Before, an override on top of it gave AttributeError ('list' object has no attribute 'setdefault') or TypeError.
+    path = tmp_path / "c.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(str(path), ["--train.max_steps", "2"])
+
+
+def test_override_integers_with_underscores_are_integers():
+    # Before, 1_000 was read as the float 1000.0 and refused: "'train.max_steps' must be an integer, got 1000.0".
+    assert parse_overrides(["--train.max_steps", "1_000", "--train.lr", "1_0.5"]) == {"train.max_steps": 1000, "train.lr": 10.5}
+    assert load_config("debug_xml_cnn", ["--train.max_steps", "1_000"]).train.max_steps == 1000
+    # And an override of more digits than Python reads as an integer is a number too large, not a ValueError traceback.
+    with pytest.raises(ConfigError, match="^config key 'train.max_steps' must be an integer, got inf$"):
+        load_config("debug_xml_cnn", ["--train.max_steps", "9" * 5000])
+
+
+@pytest.mark.parametrize("raw, message", [
+    # not finite: trained until the loss was NaN (lr, weight decay: FloatingPointError traceback), a traceback from
+    # the process group (timeouts), silently nothing predicted (threshold)
+    ({"train": {"lr": float("inf")}}, "config key 'train.lr' must be a finite number, got inf"),
+    ({"train": {"weight_decay": float("nan")}}, "config key 'train.weight_decay' must be a finite number, got nan"),
+    ({"model": {"embed_init_std": float("inf")}}, "config key 'model.embed_init_std' must be a finite number, got inf"),
+    ({"eval": {"threshold": float("nan")}}, "config key 'eval.threshold' must be a finite number, got nan"),
+    ({"parallel": {"timeout_minutes": float("nan")}}, "config key 'parallel.timeout_minutes' must be a finite number, got nan"),
+    ({"parallel": {"timeout_minutes": -1}}, "config key 'parallel.timeout_minutes' must be positive, got -1.0"),
+    ({"parallel": {"timeout_minutes": 1e8}}, "config key 'parallel.timeout_minutes' must be at most 525600 (a year), got 100000000.0"),
+    ({"eval": {"psp_b": -1}}, "config key 'eval.psp_b' must be positive, got -1.0"),
+    ({"eval": {"psp_a": 0}}, "config key 'eval.psp_a' must be positive, got 0.0"),
+    ({"train": {"lr": 10**400}}, "config key 'train.lr' is a 401-digit integer, too large for a number"),
+    # beyond 64 bits: a traceback from torch or numpy
+    ({"model": {"embed_dim": 10**23}}, "config key 'model.embed_dim' is a 24-digit integer, beyond 64 bits"),
+    ({"train": {"seed": 2**44}}, f"config key 'train.seed' must be at most {2**32 - 1}, got {2**44}"),
+    # ran something else: a negative bottleneck was none
+    ({"xml_cnn": {"bottleneck": -1}}, "config key 'xml_cnn.bottleneck' must be at least 0, got -1"),
+    ({"data": {"path": "a\0b"}}, "config key 'data.path' holds a NUL character"),
+    ({"train": {"output_dir": ""}}, "config key 'train.output_dir' is empty; give a directory (\".\" for the working directory)"),
+    ({"data": {"cache_dir": " "}}, "config key 'data.cache_dir' is empty; give a directory"),
+    # the deepspeed section's blocks the trainer reads
+    ({"deepspeed": {"gradient_clipping": float("nan")}}, "config key 'deepspeed.gradient_clipping' must be a number >= 0 (0 = off), got nan"),
+    ({"deepspeed": {"gradient_clipping": float("inf")}}, "config key 'deepspeed.gradient_clipping' must be a number >= 0 (0 = off), got inf"),
+    ({"deepspeed": {"zero_optimization": {"stage": 2.0}}}, "config key 'deepspeed.zero_optimization.stage' must be 0, 1, 2 or 3, got 2.0"),
+    ({"deepspeed": {"zero_optimization": {"stage": True}}}, "config key 'deepspeed.zero_optimization.stage' must be 0, 1, 2 or 3, got true"),
+    ({"deepspeed": {"optimizer": None}}, "config key 'deepspeed.optimizer' is null; it must be an object"),
+    ({"deepspeed": {"optimizer": {}}}, "config key 'deepspeed.optimizer.type' must name a DeepSpeed optimizer"),
+    ({"deepspeed": {"optimizer": {"type": "Adam"}, "scheduler": {"params": {}}}}, "config key 'deepspeed.scheduler.type' must name"),
+    ({"deepspeed": {"tensorboard": True}}, "config key 'deepspeed.tensorboard' is true; it must be an object, e.g. {\"enabled\": true}"),
+    ({"deepspeed": {"csv_monitor": {"enabled": "maybe"}}}, "config key 'deepspeed.csv_monitor.enabled' is \"maybe\"; DeepSpeed reads it as a boolean"),
+    # checked when read, not only once the data is read (launch/slurm/check_config.py let these queue)
+    ({"train": {"select_metric": "P@1"}}, "config key 'train.select_metric' is \"P@1\" but the corpus has no validation split; set data.valid_fraction"),
+    ({"synthetic": {"num_train": 0}}, "config key 'synthetic.num_train' is 0; it must be at least 1"),
+    ({"synthetic": {"signal_fraction": float("nan")}}, "config key 'synthetic.signal_fraction' is nan; it must be in [0, 1]"),
+    ({"synthetic": {"zipf_exponent": float("inf")}}, "config key 'synthetic.zipf_exponent' is inf; it must be at least 0"),
+    ({"model": {"name": "sgm"}, "sgm": {"beam_size": 0}}, "config key 'sgm.beam_size' must be at least 1, got 0"),
+    ({"model": {"name": "sgm"}, "sgm": {"global_lambda": float("nan")}}, "config key 'sgm.global_lambda' must be in [0, 1], got nan"),
+])
+def test_bad_values_are_refused_when_read(raw, message):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(raw)
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
+
+
+def test_settings_the_new_checks_leave_alone():
+    # The unused section's settings are not judged (an sgm config's synthetic section, an xml_cnn config's sgm section).
+    config_from_dict({"sgm": {"beam_size": 0}, "data": {"format": "xmtc_text"}, "synthetic": {"num_train": 0}})
+    config_from_dict({"train": {"select_metric": "P@1"}, "data": {"valid_fraction": 0.1}})
+    config_from_dict({"train": {"select_metric": "P@1"}, "data": {"format": "sgm"}})  # valid.src/.tgt may bring one
+    config_from_dict({"deepspeed": {"optimizer": {"type": "Adam", "params": {"lr": 1e-3}}, "scheduler": {"type": "WarmupLR"},
+                                    "tensorboard": {"enabled": False}, "csv_monitor": {"enabled": "true"}}})
+    config_from_dict({"train": {"seed": 2**32 - 1}, "xml_cnn": {"bottleneck": 0}, "parallel": {"timeout_minutes": 0.5}})
+
+
+def _check_config_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_config", CONFIG_DIR.parent / "launch" / "slurm" / "check_config.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train.select_metric", "P@1"], "config key 'train.select_metric' is \"P@1\" but the corpus has no validation split"),
+    (["--synthetic.labels_per_doc", "0"], "config key 'synthetic.labels_per_doc' is 0.0; it must be between 1 and num_labels"),
+    (["--deepspeed.tensorboard", '{"enabled": "maybe"}'], "config key 'deepspeed.tensorboard.enabled' is \"maybe\""),
+    (["--parallel.timeout_minutes", "NaN"], "config key 'parallel.timeout_minutes' must be a finite number, got nan"),
+])
+def test_check_config_refuses_before_a_job_queues(capsys, args, message):
+    # launch/slurm/check_config.py runs load_config: these were found only by the ranks, after the job started.
+    assert _check_config_main()(["debug_xml_cnn", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + message) and err.count("\n") == 1

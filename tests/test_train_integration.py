@@ -248,7 +248,7 @@ def test_model_selection_tests_the_best_validation_step(runs, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    (["--train.select_metric", "P@1"], "config key 'train.select_metric' is \"P@1\" but the corpus has no validation split"),
+    (["--deepspeed.train_micro_batch_size_per_gpu", "100000"], "fewer than one global batch of 200000"),
     (["--deepspeed.zero_optimisation", '{"stage": 2}'], "did you mean 'deepspeed.zero_optimization'?"),
     # Met while each rank reads the data (it was said by every rank).
     (["--data.format", "xmtc_text", "--data.path", "/nonexistent/xmtc-data"], "data.path '/nonexistent/xmtc-data' is not a directory"),

@@ -8,6 +8,9 @@ DeepSpeed's own settings (batch sizes, ZeRO, precision, clipping, monitors) have
 Command-line overrides use `--section.key value` (`--train.max_steps 20`,
 `--deepspeed.zero_optimization.stage 2`). Values are parsed as JSON when they parse, else kept as
 strings, then checked against the field's type.
+
+A config file is UTF-8 JSON in which no object holds a key twice (JSON readers keep the last one silently); numbers are
+finite (Python's reader takes NaN and Infinity, and reads 1e400 as Infinity) and integers fit in 64 bits.
 """
 
 from __future__ import annotations
@@ -372,14 +375,21 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -(2**63) <= value < 2**63:  # torch, numpy and the file formats hold 64 bits: beyond, a traceback
+                raise ConfigError(f"config key '{key}' is a {len(str(abs(value)))}-digit integer, beyond 64 bits; give a smaller value")
             return value
         raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer of more than 308 digits
+                raise ConfigError(f"config key '{key}' is a {len(str(abs(value)))}-digit integer, too large for a number; give a smaller value") from None
         raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
+            if "\0" in value:  # a path with one fails in open() with a traceback; no name or choice holds one
+                raise ConfigError(f"config key '{key}' holds a NUL character (\\u0000); remove it")
             if key in CHOICES and value not in CHOICES[key]:
                 allowed = ", ".join(f'"{c}"' for c in CHOICES[key])
                 raise ConfigError(f"config key '{key}' is \"{value}\"; allowed: {allowed}")
@@ -441,13 +451,15 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             i += 2
         try:
             value = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON (or an integer of over 4300 digits, or nested past the stack)
             value = text
-            try:  # numbers JSON does not write: .001, 1., +3, 1_000
-                if text.strip() and not text.strip().isalpha():
-                    value = float(text) if not text.strip().lstrip("+-").isdigit() else int(text)
-            except ValueError:
-                pass
+            if text.strip() and not text.strip().isalpha():  # numbers JSON does not write: .001, 1., +3, 1_000
+                for number in (int, float):  # int first: 1_000 is the integer 1000, not 1000.0
+                    try:
+                        value = number(text)
+                        break
+                    except ValueError:
+                        pass
         if _is_str_field(key) and not isinstance(value, str):
             value = text  # --train.output_dir 2024 is the directory "2024", not a number
         out[key] = value
@@ -455,6 +467,8 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config must be a JSON object of sections, got {_json_kind(raw)}")
     raw = copy.deepcopy(raw)
     for dotted, value in overrides.items():
         section, *path = dotted.split(".")
@@ -464,6 +478,8 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
                 f"{', '.join(list(SECTIONS) + ['deepspeed'])}"
             )
         node = raw.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config section '{section}' must be a JSON object, got {_json_kind(node)}")
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -474,7 +490,7 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
 
 def config_from_dict(raw: dict[str, Any], source: str = "") -> Config:
     if not isinstance(raw, dict):
-        raise ConfigError(f"config {source or ''} must be a JSON object of sections")
+        raise ConfigError(f"config {source + ' ' if source else ''}must be a JSON object of sections, got {_json_kind(raw)}")
     unknown = set(raw) - set(SECTIONS) - {"deepspeed"}
     if unknown:
         raise ConfigError(
@@ -504,12 +520,66 @@ def _merge(base: dict, update: dict) -> None:
             base[k] = v
 
 
-def load_config(name_or_path: str, overrides: dict[str, Any] | list[str] | None = None) -> Config:
-    path = resolve_config_path(name_or_path)
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in a few words, for a message: "an object", "an array", else the value as JSON (5, null, "x")."""
+    if isinstance(value, (dict, list)):
+        return "an object" if isinstance(value, dict) else "an array"
+    return json.dumps(value) if not isinstance(value, str) or len(value) < 40 else "a string"
+
+
+class _JSONObject(dict):
+    """A JSON object as read, remembering the first key it held twice (json keeps only the last silently)."""
+
+    duplicate: str | None = None
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> _JSONObject:
+    obj = _JSONObject()
+    for key, value in pairs:
+        if key in obj and obj.duplicate is None:
+            obj.duplicate = key
+        obj[key] = value
+    return obj
+
+
+def _plain(node: Any, dotted: str = "") -> Any:
+    """`node` with plain dicts; raises ConfigError naming the first key an object of it holds twice."""
+    if isinstance(node, list):
+        return [_plain(v, f"{dotted}[{i}]") for i, v in enumerate(node)]
+    if not isinstance(node, dict):
+        return node
+    if getattr(node, "duplicate", None) is not None:
+        key = f"{dotted}.{node.duplicate}" if dotted else node.duplicate
+        what = "config key" if dotted else "config section"
+        raise ConfigError(f"{what} '{key}' is given twice; JSON would keep only the last one silently: remove the other")
+    return {k: _plain(v, f"{dotted}.{k}" if dotted else k) for k, v in node.items()}
+
+
+def read_config_file(path: Path) -> Any:
+    """The JSON value of the config file `path`: UTF-8, no key twice in one object. Raises ConfigError."""
     try:
-        raw = json.loads(path.read_text())
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path} line {line}: byte {data[e.start]:#04x} is not UTF-8; save the file as UTF-8") from None
+    try:
+        return _plain(json.loads(text, object_pairs_hook=_json_object))
     except json.JSONDecodeError as e:
         raise ConfigError(f"config file {path} line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:  # an integer of over 4300 digits; arrays nested past the stack
+        why = "an integer of over 4300 digits" if isinstance(e, ValueError) else "values nested too deeply"
+        raise ConfigError(f"config file {path} holds {why}; no config key takes one") from None
+
+
+def load_config(name_or_path: str, overrides: dict[str, Any] | list[str] | None = None) -> Config:
+    path = resolve_config_path(name_or_path)
+    raw = read_config_file(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a JSON object of sections, got {_json_kind(raw)}")
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     if overrides:

@@ -43,10 +43,17 @@ def check_values(cfg: Config) -> None:
         "train.warmup_steps": (cfg.train.warmup_steps, 0),
         "train.eval_every": (cfg.train.eval_every, 0),
         "train.save_every": (cfg.train.save_every, 0),
+        "xml_cnn.bottleneck": (cfg.xml_cnn.bottleneck, 0),  # 0 = none; a negative one was silently none
     }
     for key, (value, low) in lower_bounds.items():
         if value < low:
             raise ConfigError(f"config key '{key}' must be at least {low}, got {value}")
+    for key, directory in (("train.output_dir", cfg.train.output_dir), ("data.cache_dir", cfg.data.cache_dir)):
+        if not directory.strip():  # an unset variable in `--train.output_dir "$OUT"`: the run wrote into the working directory
+            raise ConfigError(f"config key '{key}' is empty; give a directory (\".\" for the working directory)")
+    if cfg.train.seed > MAX_TRAIN_SEED:
+        raise ConfigError(f"config key 'train.seed' must be at most {MAX_TRAIN_SEED}, got {cfg.train.seed}; "
+                          "the dropout seeds of the steps are drawn from it and must fit in 64 bits")
     if not cfg.xml_cnn.filter_widths or min(cfg.xml_cnn.filter_widths) < 1:
         raise ConfigError(f"config key 'xml_cnn.filter_widths' must be a non-empty list of positive widths, got {cfg.xml_cnn.filter_widths}")
     width_limit = cfg.model.embed_dim if cfg.xml_cnn.conv_over == "embedding" else cfg.data.max_len
@@ -72,6 +79,12 @@ def check_values(cfg: Config) -> None:
             f"config key 'train.select_metric' is \"{cfg.train.select_metric}\"; allowed: \"\" (no selection) or one of "
             + ", ".join(metric_names(cfg.eval.ks))
         )
+    if cfg.train.select_metric and cfg.data.format != "sgm" and cfg.data.valid_fraction == 0.0:
+        # Only an "sgm" corpus can bring a validation split of its own; said here, before a job queues, not after the data is read.
+        raise ConfigError(
+            f"config key 'train.select_metric' is \"{cfg.train.select_metric}\" but the corpus has no validation split; "
+            "set data.valid_fraction (e.g. 0.1)"
+        )
     if cfg.train.max_steps < 0:
         raise ConfigError(f"config key 'train.max_steps' must be at least 0 (0 = train.epochs decides), got {cfg.train.max_steps}")
     if not (0 < cfg.train.epochs < math.inf):
@@ -90,7 +103,7 @@ def check_values(cfg: Config) -> None:
             "train.lr_schedule (with train.warmup_steps, train.min_lr_ratio); remove the scheduler block, or add an optimizer block"
         )
     clip = cfg.deepspeed.get("gradient_clipping", 0.0)
-    if not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0:
+    if not isinstance(clip, (int, float)) or isinstance(clip, bool) or not 0 <= clip < math.inf:
         raise ConfigError(f"config key 'deepspeed.gradient_clipping' must be a number >= 0 (0 = off), got {clip!r}")
     for block in ("zero_optimization", "bf16", "bfloat16", "fp16"):
         if block in cfg.deepspeed and not isinstance(cfg.deepspeed[block], dict):
@@ -99,8 +112,97 @@ def check_values(cfg: Config) -> None:
     check_precision(cfg.train.precision, cfg.deepspeed)
     zero = cfg.deepspeed.get("zero_optimization", {})
     stage = zero.get("stage", 0)
-    if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
-        raise ConfigError(f"config key 'deepspeed.zero_optimization.stage' must be 0, 1, 2 or 3, got {stage!r}")
+    if type(stage) is not int or stage not in (0, 1, 2, 3):  # not 2.0 nor true: the trainer compares it as an int
+        raise ConfigError(f"config key 'deepspeed.zero_optimization.stage' must be 0, 1, 2 or 3, got {json.dumps(stage)}")
+    for block in ("optimizer", "scheduler", *MONITOR_PACKAGES, "csv_monitor"):
+        if block in cfg.deepspeed:
+            check_deepspeed_block(block, cfg.deepspeed[block])
+    if cfg.model.name == "sgm":
+        check_sgm(cfg)
+    if cfg.data.format == "synthetic":
+        check_synthetic(cfg)
+    check_finite(cfg)
+    for key, value in (("parallel.timeout_minutes", cfg.parallel.timeout_minutes), ("eval.psp_a", cfg.eval.psp_a),
+                       ("eval.psp_b", cfg.eval.psp_b)):  # a timeout <= 0: gloo's traceback; B <= -1: PSP@k silently P@k or NaN
+        if not value > 0.0:
+            raise ConfigError(f"config key '{key}' must be positive, got {value}")
+    if cfg.parallel.timeout_minutes > MAX_TIMEOUT_MINUTES:
+        raise ConfigError(f"config key 'parallel.timeout_minutes' must be at most {MAX_TIMEOUT_MINUTES} (a year), "
+                          f"got {cfg.parallel.timeout_minutes}")
+
+
+MAX_TRAIN_SEED = 2**32 - 1
+"""The largest train.seed: a micro-batch's dropout seed (xmtc.trainer.dropout_seed) is about a million times it, and
+torch.manual_seed takes 64 bits; a larger one stopped the run with a traceback at its first step."""
+
+
+def check_deepspeed_block(block: str, value) -> None:
+    """An optimizer, scheduler or monitor block of the deepspeed section must be an object; an optimizer or
+    scheduler block names its `type`, a monitor's `enabled` is a boolean as DeepSpeed reads it. Checked when the config
+    is read, so that launch/slurm/check_config.py refuses it. After the data and the model were built, DeepSpeed stopped
+    with a traceback on a null optimizer block (AttributeError) or one without a type (AssertionError at the first
+    backward), refused a monitor block that is not an object, and silently ran without a scheduler block's schedule
+    when it had no type."""
+    if not isinstance(value, dict):
+        example = {"optimizer": '{"type": "Adam", "params": {"lr": 0.001}}',
+                   "scheduler": '{"type": "WarmupLR", "params": {"warmup_num_steps": 100}}'}.get(block, '{"enabled": true}')
+        raise ConfigError(f"config key 'deepspeed.{block}' is {json.dumps(value)}; it must be an object, e.g. {example}")
+    if block in ("optimizer", "scheduler"):
+        if not isinstance(value.get("type"), str) or not value["type"]:
+            example = "Adam" if block == "optimizer" else "WarmupLR"
+            raise ConfigError(f"config key 'deepspeed.{block}.type' must name a DeepSpeed {block} (e.g. \"{example}\"), "
+                              f"got {json.dumps(value.get('type'))}; without it DeepSpeed uses none")
+    elif "enabled" in value:
+        deepspeed_bool(f"deepspeed.{block}.enabled", value["enabled"])
+
+
+def check_sgm(cfg: Config) -> None:
+    """SGM's sizes (at least 1) and its fixed mix weight (in [0, 1]), when the model is SGM (xmtc.models.sgm
+    checks them again when it builds)."""
+    s = cfg.sgm
+    for key in ("hidden_size", "encoder_layers", "decoder_layers", "label_embed_dim", "max_decode_len", "beam_size"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"config key 'sgm.{key}' must be at least 1, got {getattr(s, key)}")
+    if not 0.0 <= s.global_lambda <= 1.0:
+        raise ConfigError(f"config key 'sgm.global_lambda' must be in [0, 1], got {s.global_lambda}")
+
+
+def check_synthetic(cfg: Config) -> None:
+    """The synthetic corpus's settings, when data.format is "synthetic": the rules xmtc.data.synthetic applies when it
+    generates the corpus, checked when the config is read (so that launch/slurm/check_config.py refuses them)."""
+    c = cfg.synthetic
+    rules = {
+        "num_labels": (c.num_labels >= 1, "at least 1"),
+        "num_train": (c.num_train >= 1, "at least 1"),
+        "num_test": (c.num_test >= 1, "at least 1"),
+        "labels_per_doc": (1.0 <= c.labels_per_doc <= c.num_labels, f"between 1 and num_labels ({c.num_labels})"),
+        "doc_len": (c.doc_len >= 1, "at least 1"),
+        "words_per_label": (c.words_per_label >= 1, "at least 1"),
+        "noise_words": (c.noise_words >= (1 if c.signal_fraction < 1 else 0), "at least 1 unless signal_fraction is 1"),
+        "signal_fraction": (0.0 <= c.signal_fraction <= 1.0, "in [0, 1]"),
+        "zipf_exponent": (0.0 <= c.zipf_exponent < math.inf, "at least 0"),
+    }
+    for key, (ok, hint) in rules.items():
+        if not ok:
+            raise ConfigError(f"config key 'synthetic.{key}' is {getattr(c, key)}; it must be {hint}")
+
+
+def check_finite(cfg: Config) -> None:
+    """Every number of the typed sections is finite. JSON has no NaN or Infinity, but Python's reader and the overrides
+    take them (and read 1e400 as Infinity): a learning rate of Infinity or a NaN weight decay trained NaN weights and
+    stopped the run with a traceback at the evaluation, a NaN threshold silently predicted nothing, a NaN collective
+    timeout was a traceback of the process group."""
+    import dataclasses
+
+    for section in ("model", "xml_cnn", "sgm", "data", "synthetic", "train", "parallel", "eval"):
+        for key, value in dataclasses.asdict(getattr(cfg, section)).items():
+            if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+                raise ConfigError(f"config key '{section}.{key}' must be a finite number, got {value}")
+
+
+MAX_TIMEOUT_MINUTES = 525_600
+"""The longest collective timeout: a year. Infinity, and beyond datetime.timedelta's 1.4e12 minutes, stopped the run
+with a traceback; a deadline of now + timeout in int64 nanoseconds overflows beyond 292 years."""
 
 
 MONITOR_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet": "comet_ml"}

@@ -327,11 +327,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
     sampler = TrainBatchSampler(
         len(corpus.train), cfg.micro_batch_size, plan.data_rank, plan.data_world_size, cfg.train.seed, cfg.grad_accum
     )
-    if sampler.steps_per_epoch < 1:
-        raise ConfigError(
-            f"the training set ({len(corpus.train)} documents) is smaller than one global batch "
-            f"({cfg.micro_batch_size * cfg.grad_accum * plan.data_world_size}); lower deepspeed.train_micro_batch_size_per_gpu",
-        )
+    # (TrainBatchSampler refuses a training set smaller than one global batch, naming the settings to lower.)
     total_steps = cfg.train.max_steps or max(1, int(cfg.train.epochs * sampler.steps_per_epoch))
 
     ds_config = plan.deepspeed_config(resolve_deepspeed_config(cfg, plan.data_world_size, dist_info.device.type))

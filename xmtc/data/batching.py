@@ -66,6 +66,8 @@ class TrainBatchSampler:
                 f"the training set has {num_examples} documents, fewer than one global batch of "
                 f"{self.global_batch_size} (micro batch {micro_batch_size} x accumulation {grad_accum} x "
                 f"{world_size} ranks); lower deepspeed.train_micro_batch_size_per_gpu"
+                + (" or deepspeed.gradient_accumulation_steps" if grad_accum > 1 else "")
+                + (", or train on fewer ranks" if world_size > 1 else "")
             )
 
     @property
