@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import re
 import signal
 import subprocess
 import sys
@@ -522,3 +523,42 @@ def test_predict_and_evaluate_keep_the_runs_kernel_choice(zero0, tmp_path):
             assert ops.kernel_backend() == expected, kernels
     finally:
         ops.set_kernel_backend(previous)
+
+
+def test_training_shows_a_bar_on_a_terminal_and_step_lines_in_a_log_file(tmp_path):
+    # Rank 0's tqdm bar (step, loss, samples/s, ETA) on a terminal; in a log file (a SLURM output file) a plain line
+    # per log step instead. Before, the bar went into the file too: one line of carriage returns, no step lines.
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    cmd = train_cmd(tmp_path / "tty", "--train.max_steps", "12", "--train.progress", "true", kind="python")
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # a new pty is 0 columns wide
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the process is gone
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    text = seen.decode(errors="replace")
+    assert proc.wait(timeout=600) == 0, text[-3000:]
+    assert re.search(r"train: 100%.*12/12 \[[0-9:]+<00:00.*loss=[0-9.]+, lr=.*samples_s=[0-9]+", text), text[-3000:]
+    assert "step 10/12" not in text
+
+    log = tmp_path / "train.log"
+    with open(log, "w") as f:
+        logged = subprocess.run(train_cmd(tmp_path / "file", "--train.max_steps", "12", "--train.progress", "true", kind="python"),
+                                cwd=ROOT, env=env(), stdout=f, stderr=subprocess.STDOUT, timeout=600)
+    text = log.read_text()
+    assert logged.returncode == 0, text[-3000:]
+    assert "\r" not in text and "12/12 [" not in text, text[-3000:]
+    steps = [int(m) for m in re.findall(r"^step (\d+)/12 loss [0-9.]+ samples_s [0-9]+", text, flags=re.M)]
+    assert steps == [5, 10, 12], text[-3000:]

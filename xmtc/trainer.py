@@ -28,6 +28,7 @@ import json
 import math
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -214,7 +215,9 @@ def memory_stats(device: torch.device) -> dict[str, float]:
 
 
 def _progress(total: int, initial: int, enabled: bool):
-    if not enabled:
+    """tqdm's bar on stderr when it is a terminal; else None, and the loop prints a plain line per log step
+    (a log file, a SLURM output file: a bar there is one line of carriage returns, and the step lines were lost)."""
+    if not enabled or not sys.stderr.isatty():
         return None
     from tqdm.auto import tqdm
 
