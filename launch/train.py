@@ -7,13 +7,15 @@ Several nodes:           see launch/slurm/ (sbatch) or deepspeed --hostfile
 Overrides:               ... --train.max_steps 20 --deepspeed.zero_optimization.stage 2
 
 A bare config name is looked up in configs/; a path works too. User errors (bad config key, missing
-data file) print one sentence and exit with 2; a run checkpointed on SIGUSR1/SIGTERM exits with 75.
+data file) print one sentence and exit with 2; a run checkpointed on SIGUSR1/SIGTERM exits with 75 (SLURM's
+scripts requeue it), on Ctrl-C with 130 (a second Ctrl-C, or one before training starts: 130 without a checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,17 +36,25 @@ def main(argv: list[str] | None = None) -> int:
         say_error(str(e))  # once for the run: before any process group, through a store at its address
         return 2
     from xmtc.distributed import say_error, teardown
-    from xmtc.trainer import EXIT_REQUEUE, Preempted, StopSignal, train
+    from xmtc.trainer import EXIT_INTERRUPTED, Preempted, StopSignal, train
 
     try:
         train(cfg, args.local_rank)
-    except Preempted:
-        return EXIT_REQUEUE
+    except Preempted as e:
+        return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the training loop, or twice (one in the loop checkpoints: Preempted)
+        if os.environ.get("RANK", "0") == "0":
+            latest = os.path.join(cfg.train.output_dir, "checkpoints", "latest")
+            kept = (f"the newest checkpoint is the one {latest} names (continue with --train.resume true)"
+                    if os.path.isfile(latest) else "no checkpoint was written")
+            print(f"error: interrupted (Ctrl-C) without a checkpoint of this step; {kept}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except UserError as e:
         say_error(str(e))  # once for the run, through the process group's store
         return 2
     finally:
         StopSignal.ignore_further()  # the run is over: a late SIGUSR1/SIGTERM must not turn its exit into 138/143
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as Python has it (a caller in this interpreter)
         teardown()
     return 0
 
@@ -52,4 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from xmtc.process import exit_process
 
-    exit_process(main())  # not sys.exit: see exit_process
+    try:
+        code = main()
+    except KeyboardInterrupt:  # Ctrl-C while the config is read or the modules load, before the trainer has handlers
+        print("error: interrupted (Ctrl-C) before training started", file=sys.stderr)
+        code = 130
+    exit_process(code)  # not sys.exit: see exit_process

@@ -562,3 +562,74 @@ def test_training_shows_a_bar_on_a_terminal_and_step_lines_in_a_log_file(tmp_pat
     assert "\r" not in text and "12/12 [" not in text, text[-3000:]
     steps = [int(m) for m in re.findall(r"^step (\d+)/12 loss [0-9.]+ samples_s [0-9]+", text, flags=re.M)]
     assert steps == [5, 10, 12], text[-3000:]
+
+
+def test_ctrl_c_checkpoints_at_the_end_of_the_step_and_a_second_one_stops_at_once(tmp_path):
+    # Before, Ctrl-C was a KeyboardInterrupt traceback (of every rank) and the steps since the last save were lost.
+    from xmtc.trainer import StopSignal
+
+    previous = signal.getsignal(signal.SIGINT)
+    stop = StopSignal()
+    try:
+        stop.install()
+        with pytest.raises(KeyboardInterrupt):  # before the training loop: nothing to save yet
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        stop.in_loop = True
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        assert stop.received == signal.SIGINT
+        os.kill(os.getpid(), signal.SIGTERM)  # the deepspeed launcher's SIGTERM after the Ctrl-C: the first one decides
+        time.sleep(0.1)
+        assert stop.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C: at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(train_cmd(out, "--train.max_steps", "100000", "--train.save_every", "5", kind="python"),
+                            cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step5").exists():
+        assert proc.poll() is None and time.time() < deadline, "training did not reach step 5"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    assert "Traceback" not in stderr and "interrupted: a checkpoint at the end of this step" in stderr, stderr[-2000:]
+    line = next(x for x in stdout.splitlines() if x.startswith("interrupted: checkpoint at step"))
+    step = int(line.split()[4])
+    assert line.endswith("exiting with 130 (continue with --train.resume true)")
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step{step}" and 5 <= step < 100000
+    assert not (out / "final_metrics.json").exists()
+
+
+def test_ctrl_c_before_training_is_one_sentence(tmp_path):
+    # A Ctrl-C while the data loads (the trainer's handler raises KeyboardInterrupt before the loop): one sentence, 130.
+    script = (
+        "import sys; sys.path.insert(0, 'launch'); import train, xmtc.trainer\n"
+        "def interrupted(cfg, local_rank): raise KeyboardInterrupt\n"
+        "xmtc.trainer.train = interrupted\n"
+        "print('rc', train.main(['--config', 'debug_xml_cnn', '--train.output_dir', sys.argv[1]]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], cwd=ROOT, env=env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "rc 130" in proc.stdout, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "error: interrupted (Ctrl-C) without a checkpoint of this step; no checkpoint was written"
+
+
+def test_weights_made_nan_by_the_last_update_are_one_sentence_and_resume_without_a_checkpoint_says_so(tmp_path):
+    # A finite loss, then an update of lr 1e30 made the weights NaN: the evaluation's FloatingPointError was a traceback.
+    proc = subprocess.run(train_cmd(tmp_path / "nan", "--train.max_steps", "1", "--train.lr", "1e30", kind="python"),
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: the model's scores are NaN at the evaluation of step 1: the run diverged")
+    # train.resume with no checkpoint (a mistyped output_dir) starts afresh, and says so.
+    fresh = subprocess.run(train_cmd(tmp_path / "typo", "--train.max_steps", "2", "--train.resume", "true", kind="python"),
+                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert f"train.resume: no checkpoint in {tmp_path / 'typo' / 'checkpoints'} (no 'latest'); starting from step 0" in fresh.stdout

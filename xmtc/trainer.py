@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -55,6 +56,7 @@ from xmtc.parallel import load_checkpoint, parallelize
 from xmtc.runlock import DirectoryInUse, OutputDirError, RunLock, in_use_message, lock_wait_s
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed on a signal, run again with train.resume
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C: checkpointed, and not to be requeued
 
 
 class Diverged(UserError):
@@ -62,21 +64,36 @@ class Diverged(UserError):
 
 
 class Preempted(Exception):
-    """Raised after the checkpoint written on SIGUSR1/SIGTERM; the launcher exits with EXIT_REQUEUE."""
+    """Raised after the checkpoint written on a stop signal; the launcher exits with `exit_code`: EXIT_REQUEUE
+    (SIGUSR1/SIGTERM: SLURM's scripts requeue the job) or EXIT_INTERRUPTED (Ctrl-C: nothing requeues it)."""
+
+    def __init__(self, step: int, exit_code: int = 75):
+        super().__init__(step)
+        self.step, self.exit_code = step, exit_code
 
 
 class StopSignal:
-    """Remembers that SIGUSR1 or SIGTERM arrived; ranks agree on it at step boundaries."""
+    """Remembers the first SIGUSR1, SIGTERM or (in the training loop) SIGINT; ranks agree on it at step boundaries.
+
+    Ctrl-C in the training loop is a stop like SIGTERM: a checkpoint at the end of the step, then exit 130. Before
+    the loop (nothing to save yet), or a second Ctrl-C, stops at once: KeyboardInterrupt, which launch/train.py
+    turns into one sentence. (Before, Ctrl-C was a traceback of every rank and lost the steps since the last save.)"""
 
     def __init__(self):
         self.received = 0
+        self.in_loop = False
 
     def install(self) -> None:
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
+        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        self.received = signum
+        if signum == signal.SIGINT and (not self.in_loop or self.received == signal.SIGINT):
+            raise KeyboardInterrupt
+        if not self.received:  # the first one decides (the deepspeed launcher follows Ctrl-C with a SIGTERM)
+            self.received = signum
+            if signum == signal.SIGINT and os.environ.get("RANK", "0") == "0":
+                os.write(2, b"\ninterrupted: a checkpoint at the end of this step, then exit (Ctrl-C again: exit without one)\n")
 
     @staticmethod
     def ignore_further() -> None:
@@ -371,6 +388,8 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
         if best is not None and (best["metric"] != select or best["step"] > step):
             best = None  # another metric, or a step this run has not reached (it will be met again)
         print0(f"resumed from {ckpt_dir} at step {step}" + (f"; best {select} so far {best['value']:.4f} at step {best['step']}" if best else ""))
+    elif cfg.train.resume:
+        print0(f"train.resume: no checkpoint in {ckpt_dir} (no 'latest'); starting from step 0")
         final = out / "final_metrics.json"
         done = None
         if step >= total_steps and final.is_file():
@@ -465,8 +484,15 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
 
     def log_eval(split: str, **extra) -> dict:
         dataset = corpus.valid if split == "valid" else corpus.test
-        metrics = evaluate(engine, dataset, cfg, plan.data_rank, plan.data_world_size, dist_info.device,
-                           corpus.label_counts, corpus.label_counts_docs, counts=plan.counts_metrics)
+        try:
+            metrics = evaluate(engine, dataset, cfg, plan.data_rank, plan.data_world_size, dist_info.device,
+                               corpus.label_counts, corpus.label_counts_docs, counts=plan.counts_metrics)
+        except FloatingPointError:  # NaN scores: the last update made the weights NaN after a finite loss
+            raise Diverged(
+                f"the model's scores are NaN at the evaluation of step {step}: the run diverged in its last update (lower "
+                "train.lr, raise train.warmup_steps or set deepspeed.gradient_clipping)"
+                + (f"; the newest checkpoint is {ckpt_dir / last_saved[1]}" if last_saved and last_saved[0] < step else "")
+            ) from None
         record = {"split": split, "step": step, "epoch": step / sampler.steps_per_epoch, "samples_per_s": samples_per_s,
                   "train_loss": last_loss, "lr": float(engine.get_lr()[0]), **metrics, **extra}
         if dist_info.is_main:
@@ -479,6 +505,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
 
     periodic_split = "valid" if corpus.valid is not None else "test"
     engine.train()
+    stop.in_loop = True  # from here Ctrl-C checkpoints at the end of the step
     while step < total_steps:
         epoch, in_epoch = divmod(step, sampler.steps_per_epoch)
         batches = sampler.micro_batches(epoch, in_epoch * cfg.grad_accum)
@@ -529,13 +556,20 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
                 save(step)
             if stop.any_rank(dist_info.device):
                 stop.ignore_further()
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # not a second Ctrl-C mid-checkpoint either
                 save_unless_saved()
                 if bar is not None:
                     bar.close()
-                print0(f"signal received: checkpoint at step {step} in {ckpt_dir}; exiting with {EXIT_REQUEUE} to be requeued")
-                raise Preempted(step)
+                if stop.received == signal.SIGINT:
+                    print0(f"interrupted: checkpoint at step {step} in {ckpt_dir}; exiting with {EXIT_INTERRUPTED} "
+                           "(continue with --train.resume true)")
+                    raise Preempted(step, EXIT_INTERRUPTED)
+                print0(f"signal received: checkpoint at step {step} in {ckpt_dir}; exiting with {EXIT_REQUEUE} to be requeued "
+                       "(by hand: continue with --train.resume true)")
+                raise Preempted(step, EXIT_REQUEUE)
             if is_last:
                 break
+    stop.in_loop = False
     if bar is not None:
         bar.close()
     train_time = time.perf_counter() - t_start
