@@ -168,9 +168,13 @@ def check_sgm(cfg: Config) -> None:
 
 
 def check_synthetic(cfg: Config) -> None:
-    """The synthetic corpus's settings, when data.format is "synthetic": the rules xmtc.data.synthetic applies when it
-    generates the corpus, checked when the config is read (so that launch/slurm/check_config.py refuses them)."""
-    c = cfg.synthetic
+    """The synthetic corpus's settings, when data.format is "synthetic", checked when the config is read (so that
+    launch/slurm/check_config.py refuses them); xmtc.data.synthetic applies the same rules when it generates."""
+    check_synthetic_settings(cfg.synthetic)
+
+
+def check_synthetic_settings(c) -> None:
+    """Raise ConfigError for the first `synthetic` setting (a SyntheticConfig) the generator cannot use."""
     rules = {
         "num_labels": (c.num_labels >= 1, "at least 1"),
         "num_train": (c.num_train >= 1, "at least 1"),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xmtc.config import ConfigError, SyntheticConfig
+from xmtc.config_checks import check_synthetic_settings
 from xmtc.data.readers import RawSplit
 
 SIGNAL_POOL_MAX = 20_000
@@ -35,27 +36,8 @@ class SyntheticData:
 
 
 def check_synthetic(cfg: SyntheticConfig) -> None:
-    rules = {
-        "num_labels": cfg.num_labels >= 1,
-        "num_train": cfg.num_train >= 1,
-        "num_test": cfg.num_test >= 1,
-        "labels_per_doc": 1.0 <= cfg.labels_per_doc <= cfg.num_labels,
-        "doc_len": cfg.doc_len >= 1,
-        "words_per_label": cfg.words_per_label >= 1,
-        "noise_words": cfg.noise_words >= (1 if cfg.signal_fraction < 1 else 0),
-        "signal_fraction": 0.0 <= cfg.signal_fraction <= 1.0,
-        "zipf_exponent": cfg.zipf_exponent >= 0.0,
-    }
-    for key, ok in rules.items():
-        if not ok:
-            value = getattr(cfg, key)
-            hint = {
-                "labels_per_doc": f"between 1 and num_labels ({cfg.num_labels})",
-                "noise_words": "at least 1 unless signal_fraction is 1",
-                "signal_fraction": "in [0, 1]",
-                "zipf_exponent": "at least 0",
-            }.get(key, "at least 1")
-            raise ConfigError(f"config key 'synthetic.{key}' is {value}; it must be {hint}")
+    """The rules of xmtc.config_checks, which applies them when the config is read too."""
+    check_synthetic_settings(cfg)
 
 
 def pseudo_words(count: int, rng: np.random.Generator) -> list[str]:

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmtc import ops
-from xmtc.config import Config, ConfigError
+from xmtc.config import Config
+from xmtc.config_checks import check_sgm
 from xmtc.models.common import init_embedding
 from xmtc.models.sgm_decoding import beam_search, greedy_decode
 from xmtc.ops_reference import emitted_mask
@@ -430,15 +431,6 @@ class Decoder(nn.Module):
 # ----------------------------------------------------------------------------------- SGM
 
 
-def _check(cfg: Config) -> None:
-    s = cfg.sgm
-    for key in ("hidden_size", "encoder_layers", "decoder_layers", "label_embed_dim", "max_decode_len", "beam_size"):
-        if getattr(s, key) < 1:
-            raise ConfigError(f"config key 'sgm.{key}' must be at least 1, got {getattr(s, key)}")
-    if not 0.0 <= s.global_lambda <= 1.0:
-        raise ConfigError(f"config key 'sgm.global_lambda' must be in [0, 1], got {s.global_lambda}")
-
-
 class SGM(nn.Module):
     """Encoder + decoder; the trainer's interface is `forward` (loss, or decoded labels with topk > 0)."""
 
@@ -447,7 +439,7 @@ class SGM(nn.Module):
 
     def __init__(self, cfg: Config, num_labels: int, vocab_size: int):
         super().__init__()
-        _check(cfg)
+        check_sgm(cfg)  # as when the config is read, for a Config built by hand
         s = cfg.sgm
         self.num_labels = num_labels
         self.encoder = Encoder(vocab_size, cfg.model.embed_dim, s.hidden_size, s.encoder_layers,
