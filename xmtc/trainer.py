@@ -388,8 +388,6 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
         if best is not None and (best["metric"] != select or best["step"] > step):
             best = None  # another metric, or a step this run has not reached (it will be met again)
         print0(f"resumed from {ckpt_dir} at step {step}" + (f"; best {select} so far {best['value']:.4f} at step {best['step']}" if best else ""))
-    elif cfg.train.resume:
-        print0(f"train.resume: no checkpoint in {ckpt_dir} (no 'latest'); starting from step 0")
         final = out / "final_metrics.json"
         done = None
         if step >= total_steps and final.is_file():
@@ -400,6 +398,8 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
         if isinstance(done, dict) and done.get("step") == step:  # not a final of fewer steps this run extended
             print0(f"{out} finished at step {step} already (final_metrics.json); nothing to do")
             return done
+    elif cfg.train.resume:
+        print0(f"train.resume: no checkpoint in {ckpt_dir} (no 'latest'); starting from step 0")
     # Every check has passed: only now does this run write into its directory.
     claim_output_dir(lock, dist_info, take=True)
 
