@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from xmtc.config import UserError, load_config  # noqa: E402
+from xmtc.config_checks import check_deepspeed_schema  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         cfg = load_config(args.config, rest)
+        check_deepspeed_schema(cfg.deepspeed)
     except UserError as e:
         from xmtc.distributed import say_error
 

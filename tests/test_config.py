@@ -1,5 +1,6 @@
 import json
 import re
+from importlib.metadata import version
 
 import pytest
 
@@ -68,6 +69,7 @@ def test_overrides_are_typed_and_nested():
         ({"train": {"warmup_steps": -1}}, "config key 'train.warmup_steps' must be at least 0, got -1"),
         ({"train": {"eval_every": -5}}, "config key 'train.eval_every' must be at least 0, got -5"),
         ({"train": {"save_every": -5}}, "config key 'train.save_every' must be at least 0, got -5"),
+        ({"train": {"keep_checkpoints": -1}}, "config key 'train.keep_checkpoints' must be at least 0, got -1"),
         ({"train": {"lr": -1e-3}}, "config key 'train.lr' must be positive, got -0.001"),
         ({"train": {"min_lr_ratio": -0.5}}, "config key 'train.min_lr_ratio' must be in [0, 1], got -0.5"),
         ({"train": {"weight_decay": -0.1}}, "config key 'train.weight_decay' must be at least 0, got -0.1"),
@@ -345,6 +347,14 @@ def _check_config_main():
     (["--synthetic.labels_per_doc", "0"], "config key 'synthetic.labels_per_doc' is 0.0; it must be between 1 and num_labels"),
     (["--deepspeed.tensorboard", '{"enabled": "maybe"}'], "config key 'deepspeed.tensorboard.enabled' is \"maybe\""),
     (["--parallel.timeout_minutes", "NaN"], "config key 'parallel.timeout_minutes' must be a finite number, got nan"),
+    # DeepSpeed's own models: a key a block does not have, a value it refuses (they stopped the ranks at engine start).
+    (["--deepspeed.zero_optimization", '{"stage": 2, "overlap_comms": true}'], "config key 'deepspeed.zero_optimization.overlap_comms' "
+     "is not one DeepSpeed " + version("deepspeed") + " knows; did you mean 'deepspeed.zero_optimization.overlap_comm'?"),
+    (["--deepspeed.csv_monitor", '{"enabled": true, "job_nam": "x"}'], "config key 'deepspeed.csv_monitor.job_nam' is not one "
+     "DeepSpeed " + version("deepspeed") + " knows; did you mean 'deepspeed.csv_monitor.job_name'?"),
+    (["--deepspeed.zero_optimization", '{"stage": 2, "offload_optimizer": {"device": "gpu"}}'],
+     "config key 'deepspeed.zero_optimization.offload_optimizer.device' is \"gpu\": DeepSpeed " + version("deepspeed")
+     + " refuses it (Input should be 'none', 'cpu' or 'nvme')"),
 ])
 def test_check_config_refuses_before_a_job_queues(capsys, args, message):
     # launch/slurm/check_config.py runs load_config: these were found only by the ranks, after the job started.

@@ -31,6 +31,11 @@ def test_curves_draw_the_records(tmp_path):
     assert ([10], [0.45]) in stars  # the test score of the selected weights, at the selected step
     assert lines(sets)["micro_f1 (valid)"] == ([5, 10, 15], [0.1, 0.3, 0.35])
     plt.close(fig)
+    # With the training log (a record per log step) the loss panel draws its steps, not only the evaluations'.
+    log = [{"step": s, "train_loss": 4.0 - s / 10} for s in range(3, 16, 3)] + [{"step": 16, "train_loss": float("nan")}]
+    fig = curves_figure(records, train_records=log)
+    assert lines(fig.axes[0])["_child0"] == ([3, 6, 9, 12, 15], [3.7, 3.4, 3.1, 2.8, 2.5])
+    plt.close(fig)
     # Without a validation split the periodic test evaluations are one dashed curve, the last one included.
     fig = curves_figure([record("test", 5, 3.0, 0.2, 0.1), record("test", 10, 2.0, float("nan"), 0.3)])
     assert lines(fig.axes[1])["P@1 (test)"] == ([5], [0.2]) and lines(fig.axes[2])["micro_f1 (test)"] == ([5, 10], [0.1, 0.3])
@@ -46,6 +51,8 @@ def test_write_curves_and_the_command(tmp_path, capsys):
     assert len(read_records(run / "metrics.jsonl")) == 1
     assert main(["--run", str(run)]) == 0
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(run.glob(".*tmp*"))
+    (run / "train_log.jsonl").mkdir()  # an unreadable training log: the evaluations' losses are drawn instead
+    assert main(["--run", str(run)]) == 0
 
 
 def test_the_command_says_what_it_cannot_read_or_write_in_one_sentence(tmp_path, capsys):

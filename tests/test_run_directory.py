@@ -5,6 +5,7 @@ diverging run stops with one sentence. One plain-python process each, on the deb
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from test_train_integration import ROOT, env
 
-from xmtc.checkpoint import check_corpus_matches_run, keep_metrics_through
+from xmtc.checkpoint import check_corpus_matches_run, checkpoint_used, keep_metrics_through, prune_step_tags
 from xmtc.trainer import dropout_seed
 
 
@@ -30,11 +31,19 @@ def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def train_log(out: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["train_loss"]) for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())]
+
+
 def test_run_directory_lifecycle(tmp_path):
     run = tmp_path / "run"
     train(run)
     first = records(run)
     assert [(r["split"], r["step"]) for r in first] == [("test", 5), ("test", 10)]
+    # The training log: a record per log step (debug_xml_cnn logs every 5), the loss the evaluations carry.
+    first_log = train_log(run)
+    assert first_log == [(5, first[0]["train_loss"]), (10, first[1]["train_loss"])]
+    assert set(json.loads((run / "train_log.jsonl").read_text().splitlines()[0])) == {"step", "epoch", "train_loss", "lr", "samples_per_s", "peak_rss_gb"}
     final = (run / "final_metrics.json").read_text()
     # Checkpoints hold plain Python and torch objects: reading them needs no xmtc class.
     import zipfile
@@ -63,12 +72,14 @@ def test_run_directory_lifecycle(tmp_path):
     assert [r["step"] for r in again] == [5, 10]
     assert again[0] == first[0]
     assert {k: v for k, v in again[1].items() if k != "samples_per_s"} == {k: v for k, v in first[1].items() if k != "samples_per_s"}
+    assert train_log(run) == first_log  # the resumed steps logged once, with the same losses
 
     # A fresh run into the directory moves the old run's files aside, all of them, under one suffix.
     train(run, "--train.seed", "3", "--train.max_steps", "5")
     assert [r["step"] for r in records(run)] == [5] and records(run)[0]["train_loss"] != first[0]["train_loss"]
     aside = {p.name for p in run.iterdir() if ".replaced" in p.name}
-    assert aside == {f"{n}.replaced1" for n in ("config.json", "labels.txt", "tokenizer", "corpus.json", "metrics.jsonl", "final_metrics.json", "curves.png", "checkpoints")}
+    assert aside == {f"{n}.replaced1" for n in ("config.json", "labels.txt", "tokenizer", "corpus.json", "metrics.jsonl", "train_log.jsonl",
+                                                     "final_metrics.json", "curves.png", "checkpoints")}
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl.replaced1").read_text().splitlines()] == [5, 10]
     assert (run / "checkpoints.replaced1" / "step10").is_dir() and not (run / "checkpoints" / "step10").exists()
 
@@ -183,6 +194,46 @@ def test_keep_metrics_through(tmp_path):
     assert keep_metrics_through(path, lambda r: True) == 0 and keep_metrics_through(tmp_path / "none", lambda r: True) == 0
 
 
+def test_prune_step_tags_keeps_the_newest_and_what_is_named(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    for name in ("step1", "step2", "step3", "step4", "step5", "step6", "step9", "best-step3", "step4.replaced1", "steps"):
+        (ckpt / name).mkdir(parents=True)
+        (ckpt / name / "mp_rank_00_model_states.pt").write_bytes(b"x")
+    (ckpt / ".step0.pruning" / "sub").mkdir(parents=True)  # a prune a crash cut short
+    (ckpt / "latest").write_text("step5")  # as after a run resumed from step5 that has just written step6
+    (ckpt / "best.json").write_text("{}")
+    # Keep 2 of the tags up to step 6: 6 and 5; step2 is protected (the selected one), step9 is past the step.
+    assert prune_step_tags(ckpt, 2, 6, protect={"step6", "step2"}) == ["step1", "step3", "step4"]
+    left = sorted(p.name for p in ckpt.iterdir())
+    assert left == ["best-step3", "best.json", "latest", "step2", "step4.replaced1", "step5", "step6", "step9", "steps"]
+    # The tag `latest` names is never removed, whatever `keep` says; nothing else to do is an empty list.
+    (ckpt / "latest").write_text("step2")
+    assert prune_step_tags(ckpt, 1, 6, protect={"step6"}) == ["step5"]
+    assert prune_step_tags(ckpt, 1, 6, protect={"step6"}) == []
+    assert sorted(p.name for p in ckpt.glob("step[0-9]")) == ["step2", "step6", "step9"]
+
+
+def test_checkpoint_used_says_which_and_why_and_that_the_run_still_trains(tmp_path):
+    import socket
+
+    from xmtc.runlock import RunLock
+
+    (tmp_path / "checkpoints").mkdir()
+    assert checkpoint_used(tmp_path, None, "step10") == f"{tmp_path}: checkpoint step10 (latest)"
+    (tmp_path / "checkpoints" / "best.json").write_text(json.dumps({"tag": "best-step5", "step": 5, "metric": "P@1", "value": 0.51237}))
+    assert checkpoint_used(tmp_path, None, "best-step5") == f"{tmp_path}: checkpoint best-step5 (selected by valid P@1 0.5124)"
+    assert checkpoint_used(tmp_path, "step10", "step10") == f"{tmp_path}: checkpoint step10 (--tag)"
+    lock = RunLock(tmp_path)
+    assert lock.acquire() is None
+    try:  # a training run holds the directory: predict and evaluate read a checkpoint that a later one may follow
+        line = checkpoint_used(tmp_path, None, "step10")
+    finally:
+        lock.release()
+    assert line.startswith(f"{tmp_path}: checkpoint step10 (latest); the run is still training (pid {os.getpid()} on host "
+                           f"{socket.gethostname()}") and line.endswith("), a later checkpoint may follow")
+    assert checkpoint_used(tmp_path, None, "step10") == f"{tmp_path}: checkpoint step10 (latest)"  # released
+
+
 def test_dropout_seeds_differ_per_micro_batch_and_rank():
     # 2 micro-batches a step (accumulation 2), 4 ranks, 50 steps: every (micro-batch, rank) its own masks.
     seeds = {dropout_seed(0, step * 2 + micro, rank) for step in range(50) for micro in range(2) for rank in range(4)}
@@ -273,7 +324,10 @@ def test_a_signal_as_a_finished_run_exits_does_not_kill_it(tmp_path):
 
 
 def test_tag_latest_names_the_newest_checkpoint(tmp_path):
+    import pytest
+
     from xmtc.checkpoint import resolve_tag
+    from xmtc.config import UserError
 
     (tmp_path / "step5").mkdir()
     (tmp_path / "step10").mkdir()
@@ -282,6 +336,15 @@ def test_tag_latest_names_the_newest_checkpoint(tmp_path):
     # `--tag latest` was refused ("checkpoint tag 'latest' does not exist"): it is the file naming the newest tag.
     assert resolve_tag(tmp_path, "latest", prefer_best=True) == "step10"
     assert resolve_tag(tmp_path, None, prefer_best=True) == "step5" and resolve_tag(tmp_path, "step5") == "step5"
+    # A mistyped --tag names the tags there are, in step order (the one a prune is removing is not one).
+    (tmp_path / "best-step7").mkdir()
+    (tmp_path / ".step1.pruning").mkdir()
+    with pytest.raises(UserError) as e:
+        resolve_tag(tmp_path, "step50")
+    assert str(e.value) == f"checkpoint tag 'step50' does not exist in {tmp_path}; it holds step5, best-step7, step10"
+    with pytest.raises(UserError) as e:
+        resolve_tag(tmp_path / "empty", "step5")
+    assert str(e.value) == f"checkpoint tag 'step5' does not exist in {tmp_path / 'empty'}; it holds no checkpoint"
 
 
 def test_evaluate_of_other_files_refuses_no_documents_and_says_what_it_dropped(tmp_path):
@@ -300,7 +363,8 @@ def test_evaluate_of_other_files_refuses_no_documents_and_says_what_it_dropped(t
     for texts, labels, args, why in (("", "", (), ""), ("\n\n", "\n\n", ("--bad-lines", "skip"), " (skipped: empty 2)")):
         proc = evaluate(texts, labels, *args)
         assert proc.returncode == 2 and proc.stdout == "" and not (tmp_path / "m.json").exists(), proc.stderr
-        assert proc.stderr.strip() == f"error: {tmp_path / 't.txt'} and {tmp_path / 'l.txt'} hold no document to evaluate{why}"
+        assert proc.stderr.strip().splitlines() == [f"{run}: checkpoint step2 (latest)",
+                                                    f"error: {tmp_path / 't.txt'} and {tmp_path / 'l.txt'} hold no document to evaluate{why}"]
     # Labels the run never trained on are dropped from the metrics: said, with the documents that are left without any.
     proc = evaluate("alpha beta\r\ngamma\r\n\r\n", f"{names[0]} NO-SUCH-LABEL\r\nNO-SUCH-LABEL\r\n{names[1]}\r\n", "--bad-lines", "skip")
     assert proc.returncode == 0 and json.loads((tmp_path / "m.json").read_text())["num_docs"] == 2, proc.stderr

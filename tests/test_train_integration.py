@@ -98,6 +98,33 @@ def test_loss_falls_and_metrics_are_written(zero0):
     assert (out / "config.json").is_file() and (out / "checkpoints" / "latest").read_text().strip() == "step40"
 
 
+def test_a_last_step_with_nan_scores_is_set_aside_and_resume_starts_before_it(tmp_path):
+    out = tmp_path / "run"
+
+    def train(*overrides):
+        return subprocess.run(train_cmd(out, "--train.eval_every", "0", *overrides, kind="python"), cwd=ROOT, env=env(),
+                              capture_output=True, text=True, timeout=600)
+
+    assert train("--train.max_steps", "1").returncode == 0
+    # Resumed for one more step at lr 1e30: a finite loss, then weights of ~1e30 (finite) whose scores are NaN. The end
+    # of training saved step 2 first: it is set aside and `latest` names step 1 again (keep_checkpoints 1 had not
+    # removed step 1: the last step's tag is pruned only after its evaluations).
+    diverged = train("--train.max_steps", "2", "--train.lr", "1e30", "--train.resume", "true", "--train.keep_checkpoints", "1")
+    assert diverged.returncode == 2 and "Traceback" not in diverged.stderr, diverged.stderr[-2000:]
+    assert diverged.stderr.strip().splitlines()[-1] == (
+        "error: the model's scores are NaN at the evaluation of step 2: the run diverged in its last update (lower "
+        "train.lr, raise train.warmup_steps or set deepspeed.gradient_clipping); its checkpoint is set aside as "
+        f"step2.diverged1; the newest checkpoint is {out / 'checkpoints' / 'step1'}")
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step1"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["step1", "step2.diverged1"]
+    # Resumed at the config's lr, from step 1: it trains step 2 and finishes; keep_checkpoints 1 then leaves step 2 only.
+    finished = train("--train.max_steps", "2", "--train.resume", "true", "--train.keep_checkpoints", "1")
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert json.loads((out / "final_metrics.json").read_text())["step"] == 2
+    assert "train.keep_checkpoints 1: removed checkpoint step1" in finished.stdout
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["step2", "step2.diverged1"]
+
+
 @pytest.mark.parametrize("stage, kind", [(1, "deepspeed"), (2, "torchrun"), (3, "deepspeed")])
 def test_zero_stages_agree(zero0, runs, stage, kind):
     _, reference = zero0
@@ -127,14 +154,21 @@ def test_signal_checkpoints_and_resume_is_exact(zero0, runs):
     assert 5 <= stopped_at < 40
     assert not (out / "final_metrics.json").exists()
 
-    final = run_train(out, "--train.save_every", "5", "--train.eval_every", "20", "--train.resume", "true")
+    # train.keep_checkpoints prunes the stopped run's tags too (those up to its step; `latest` and the newest stay).
+    final = run_train(out, "--train.save_every", "5", "--train.eval_every", "20", "--train.resume", "true",
+                      "--train.keep_checkpoints", "2")
     assert final["step"] == 40
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["step35", "step40"]
     # Bit for bit on CPU (fp32, gloo): the same data order, schedule and dropout masks, the same sums.
     assert final["train_loss"] == reference["train_loss"]
     timings = ("samples_per_s", "train_time_s", "train_samples_per_s", "peak_rss_gb")
     assert {k: v for k, v in final.items() if k not in timings} == {k: v for k, v in reference.items() if k not in timings}
     # Each evaluation logged once, whichever run logged it, with the uninterrupted run's losses.
     assert losses(out) == losses(zero0[0]) and len(losses(out)) == 2
+    # The training log too: every log step once (those after the checkpoint dropped and trained again), bit for bit.
+    logged = [(r["step"], r["train_loss"]) for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())]
+    assert logged == [(r["step"], r["train_loss"]) for r in map(json.loads, (zero0[0] / "train_log.jsonl").read_text().splitlines())]
+    assert [s for s, _ in logged] == list(range(5, 45, 5))
 
 
 def test_predict_and_evaluate_round_trip(zero0, runs, tmp_path):
@@ -157,7 +191,7 @@ def test_predict_and_evaluate_round_trip(zero0, runs, tmp_path):
     metrics = json.loads((tmp_path / "m.json").read_text())
     for key in ("P@1", "P@5", "nDCG@3", "PSP@5", "PSnDCG@5", "micro_f1", "macro_f1", "hamming_loss"):
         assert metrics[key] == pytest.approx(final[key], abs=1e-6), key
-    assert "P@1" in evaluated.stdout
+    assert "P@1" in evaluated.stdout and f"{out}: checkpoint step40 (latest)\n" in evaluated.stderr
 
     # The same run scored on files of the user's: the first 50 test documents as texts + labels files.
     (tmp_path / "t.txt").write_text("\n".join(test_texts[:50]) + "\n")
@@ -245,6 +279,7 @@ def test_model_selection_tests_the_best_validation_step(runs, tmp_path):
     predicted = subprocess.run([sys.executable, "-m", "xmtc.predict", "--run", str(out), "--texts", str(tmp_path / "two.txt"), "--k", "2"],
                                cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert predicted.returncode == 0 and "zero checkpoint" in predicted.stderr.lower(), predicted.stderr[-2000:]
+    assert f"{out}: checkpoint {best['tag']} (selected by valid micro_f1 {best['value']:.4f})\n" in predicted.stderr
     assert [len(line.split()) for line in predicted.stdout.splitlines()] == [2, 2], predicted.stdout
 
 
@@ -266,6 +301,12 @@ def test_an_error_every_rank_meets_is_said_once(tmp_path, override, message):
     assert not (tmp_path / "run").exists()
 
 
+def deepspeed_version() -> str:
+    from importlib.metadata import version
+
+    return version("deepspeed")
+
+
 def test_user_errors_exit_2_with_one_sentence(tmp_path):
     cases = [
         (["--config", "no_such_config"], "config 'no_such_config' is neither a file nor a config"),
@@ -275,7 +316,12 @@ def test_user_errors_exit_2_with_one_sentence(tmp_path):
          "config key 'train.select_metric' is \"micro_f1\" but the corpus has no validation split; set data.valid_fraction"),
         (["--config", "debug_xml_cnn", "--model.kernels", "triton"], "config key 'model.kernels' is \"triton\" but this run is on the CPU"),
         (["--config", "debug_xml_cnn", "--deepspeed.zero_optimization", '{"stage": 1, "reduce_bucket_size": "big"}'],
-         "DeepSpeed refused the config's deepspeed section: 1 validation error for DeepSpeedZeroConfig; reduce_bucket_size"),
+         "config key 'deepspeed.zero_optimization.reduce_bucket_size' is \"big\": DeepSpeed " + deepspeed_version() + " refuses it "
+         "(Input should be a valid integer"),
+        # A key a block does not have was DeepSpeed's pydantic text, after the data and the model: now at the config's reading.
+        (["--config", "debug_xml_cnn", "--deepspeed.zero_optimization", '{"stage": 1, "offload_optimizer": {"device": "cpu", "pinn_memory": true}}'],
+         "config key 'deepspeed.zero_optimization.offload_optimizer.pinn_memory' is not one DeepSpeed " + deepspeed_version()
+         + " knows; did you mean 'deepspeed.zero_optimization.offload_optimizer.pin_memory'?"),
         # DeepSpeed ignores a top-level key it does not know: the run would have been ZeRO 0.
         (["--config", "debug_xml_cnn", "--deepspeed.zero_optimisation", '{"stage": 2}'],
          "reads: it would be ignored; did you mean 'deepspeed.zero_optimization'?"),
@@ -332,7 +378,7 @@ def test_predict_needs_only_the_run_directory_and_says_what_is_wrong_with_it(zer
     names = (moved / "labels.txt").read_text().split("\n")
     (moved / "labels.txt").write_text("\n".join(["New York", *names[1:]]))
     spaced = _module("xmtc.predict", "--run", str(moved), "--texts", str(texts))
-    assert spaced.returncode == 2 and spaced.stderr.strip() == (
+    assert spaced.returncode == 2 and spaced.stderr.strip().splitlines()[-1] == (
         f"error: label 'New York' of {moved} holds whitespace, which would make `label:score` lines ambiguous; pass --format jsonl")
     assert _module("xmtc.predict", "--run", str(moved), "--texts", str(texts), "--format", "jsonl").returncode == 0
 
@@ -607,12 +653,16 @@ def test_ctrl_c_before_training_is_one_sentence(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == "error: interrupted (Ctrl-C) without a checkpoint of this step; no checkpoint was written"
 
 
-def test_weights_made_nan_by_the_last_update_are_one_sentence_and_resume_without_a_checkpoint_says_so(tmp_path):
-    # A finite loss, then an update of lr 1e30 made the weights NaN: the evaluation's FloatingPointError was a traceback.
-    proc = subprocess.run(train_cmd(tmp_path / "nan", "--train.max_steps", "1", "--train.lr", "1e30", kind="python"),
+def test_weights_made_nan_by_the_last_update_are_one_sentence_not_a_checkpoint_and_resume_without_a_checkpoint_says_so(tmp_path):
+    # A finite loss, then an update of lr 1e39 (inf in fp32) made the weights inf and NaN: they were saved as the
+    # checkpoint `latest` names (a resumed run started from them), then the evaluation's FloatingPointError was a traceback.
+    proc = subprocess.run(train_cmd(tmp_path / "nan", "--train.max_steps", "1", "--train.lr", "1e39", kind="python"),
                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: the model's scores are NaN at the evaluation of step 1: the run diverged")
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: the weights are not finite after the update of step 1 (its loss was finite): the run diverged (lower "
+        "train.lr, raise train.warmup_steps or set deepspeed.gradient_clipping); step 1 was not saved")
+    assert not (tmp_path / "nan" / "checkpoints" / "latest").exists()
     # train.resume with no checkpoint (a mistyped output_dir) starts afresh, and says so.
     fresh = subprocess.run(train_cmd(tmp_path / "typo", "--train.max_steps", "2", "--train.resume", "true", kind="python"),
                            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)

@@ -13,6 +13,8 @@ import dataclasses
 import json
 import os
 import pickle
+import re
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -45,7 +47,10 @@ def resolve_tag(ckpt_dir: Path, tag: str | None, prefer_best: bool = False) -> s
         tag, prefer_best = None, False
     if tag:
         if not (ckpt_dir / tag).is_dir():
-            raise UserError(f"checkpoint tag '{tag}' does not exist in {ckpt_dir}")
+            tags = existing_tags(ckpt_dir)
+            shown = ", ".join(tags[:12]) + (f", ... ({len(tags)} in all)" if len(tags) > 12 else "")
+            raise UserError(f"checkpoint tag '{tag}' does not exist in {ckpt_dir}; "
+                            + (f"it holds {shown}" if tags else "it holds no checkpoint"))
         return tag
     best = read_best(ckpt_dir) if prefer_best else None
     if best is not None:
@@ -58,19 +63,67 @@ def resolve_tag(ckpt_dir: Path, tag: str | None, prefer_best: bool = False) -> s
     return latest.read_text().strip()
 
 
-def free_replaced_suffix(directory: Path, names) -> int:
-    """The first k for which no `<name>.replaced<k>` of `names` exists in `directory`."""
+def existing_tags(ckpt_dir: Path) -> list[str]:
+    """The checkpoint tags in `ckpt_dir` (its directories, hidden ones left out), in step order where a name has one."""
+    ckpt_dir = Path(ckpt_dir)
+    names = [d.name for d in ckpt_dir.iterdir() if d.is_dir() and not d.name.startswith(".")] if ckpt_dir.is_dir() else []
+
+    def order(name: str):
+        m = re.search(r"step(\d+)", name)
+        return (int(m.group(1)) if m else -1, name)
+
+    return sorted(names, key=order)
+
+
+def free_replaced_suffix(directory: Path, names, word: str = "replaced") -> int:
+    """The first k for which no `<name>.<word><k>` of `names` exists in `directory`."""
     k = 1
-    while any((Path(directory) / f"{name}.replaced{k}").exists() for name in names):
+    while any((Path(directory) / f"{name}.{word}{k}").exists() for name in names):
         k += 1
     return k
 
 
-def set_aside_tag(ckpt_dir: Path, tag: str) -> Path:
-    """Rename checkpoint tag `tag` to the first free `<tag>.replaced<k>`; returns the new path."""
-    aside = Path(ckpt_dir) / f"{tag}.replaced{free_replaced_suffix(ckpt_dir, [tag])}"
+def set_aside_tag(ckpt_dir: Path, tag: str, word: str = "replaced") -> Path:
+    """Rename checkpoint tag `tag` to the first free `<tag>.<word><k>` ("replaced": a later run writes a tag of
+    that name; "diverged": its weights give NaN scores); returns the new path."""
+    aside = Path(ckpt_dir) / f"{tag}.{word}{free_replaced_suffix(ckpt_dir, [tag], word)}"
     os.rename(Path(ckpt_dir) / tag, aside)
     return aside
+
+
+STEP_TAG = re.compile(r"step(\d+)")
+"""The tags of the trainer's periodic and final checkpoints (`train.keep_checkpoints` prunes only these)."""
+
+PRUNING_SUFFIX = ".pruning"
+
+
+def prune_step_tags(ckpt_dir: Path, keep: int, up_to_step: int, protect=()) -> list[str]:
+    """Delete all but the newest `keep` tags `step<N>` with N <= `up_to_step`; returns the deleted tags, oldest first.
+
+    Never deleted: the tags in `protect` (the one just saved, the selected one), the tag `latest` names, any other
+    name (`best-step<N>`, re-sharded tags, `<tag>.replaced<k>`) and tags past `up_to_step` (an earlier attempt's,
+    set aside when this run reaches them). A tag is first renamed to the hidden `.<tag>.pruning`, then removed:
+    a crash part-way leaves no half-deleted tag that looks like a checkpoint, and the next prune finishes it."""
+    ckpt_dir = Path(ckpt_dir)
+    for leftover in ckpt_dir.glob(f".*{PRUNING_SUFFIX}"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    latest = ckpt_dir / "latest"
+    protected = set(protect) | ({latest.read_text().strip()} if latest.is_file() else set())
+    steps = sorted(((int(m.group(1)), d.name) for d in ckpt_dir.iterdir()
+                    if d.is_dir() and (m := STEP_TAG.fullmatch(d.name)) and int(m.group(1)) <= up_to_step), reverse=True)
+    deleted = []
+    for _, tag in reversed(steps[keep:]):
+        if tag in protected:
+            continue
+        doomed = ckpt_dir / f".{tag}{PRUNING_SUFFIX}"
+        try:
+            os.rename(ckpt_dir / tag, doomed)
+        except OSError as e:
+            print(f"warning: train.keep_checkpoints could not remove {ckpt_dir / tag} ({e}); it stays", file=sys.stderr)
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
+        deleted.append(tag)
+    return deleted
 
 
 CORPUS_FILE = "corpus.json"
@@ -78,7 +131,8 @@ CORPUS_FILE = "corpus.json"
 paths start, and the training label counts (propensities for PSP@k), so that xmtc.evaluate of other files needs
 only the run directory."""
 
-RUN_FILES = ("config.json", "labels.txt", "tokenizer", CORPUS_FILE, "metrics.jsonl", "final_metrics.json", "curves.png", "checkpoints")
+RUN_FILES = ("config.json", "labels.txt", "tokenizer", CORPUS_FILE, "metrics.jsonl", "train_log.jsonl", "final_metrics.json", "curves.png",
+             "checkpoints")
 """What a run writes into its output_dir (besides what a config points there, such as a cache)."""
 
 
@@ -88,7 +142,8 @@ def set_aside_run(out: Path) -> int | None:
     Nothing happens when only a config.json/labels.txt is there (a run that stopped before step 1)."""
     out = Path(out)
     ckpt = out / "checkpoints"
-    if not ((out / "metrics.jsonl").exists() or (out / "final_metrics.json").exists() or (ckpt.is_dir() and any(ckpt.iterdir()))):
+    if not ((out / "metrics.jsonl").exists() or (out / "train_log.jsonl").exists() or (out / "final_metrics.json").exists()
+            or (ckpt.is_dir() and any(ckpt.iterdir()))):
         return None
     k = free_replaced_suffix(out, RUN_FILES)
     for name in RUN_FILES:
@@ -327,11 +382,25 @@ def check_batch_size(batch_size: int | None) -> None:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
 
 
+def checkpoint_used(run_dir: Path, given: str | None, tag: str) -> str:
+    """One line for predict and evaluate: which checkpoint they read and why (--tag, the run's selection, latest),
+    and that the run is still training when its directory's lock is held (a later checkpoint may come)."""
+    from xmtc.runlock import RunLock
+
+    best = read_best(Path(run_dir) / "checkpoints")
+    why = ("--tag" if given else f"selected by valid {best['metric']} {best['value']:.4f}"
+           if best is not None and best["tag"] == tag else "latest")
+    holder = RunLock(run_dir).holder()
+    return (f"{run_dir}: checkpoint {tag} ({why})"
+            + (f"; the run is still training ({holder}), a later checkpoint may follow" if holder else ""))
+
+
 def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu", need_data: bool = True,
-             need_counts: bool = False):
+             need_counts: bool = False, announce: bool = False):
     """(config, model with trained weights in eval mode, corpus) of a finished or running run.
 
-    Without `tag`: the selected checkpoint when the run selected one (best.json), else `latest`. The model is
+    Without `tag`: the selected checkpoint when the run selected one (best.json), else `latest`; `announce` says
+    which on stderr (`checkpoint_used`). The model is
     in the dtype the run evaluated in (bf16 for a bf16 run), so its numbers are the run's own. With
     `need_data` false, `corpus` is only the tokenizer and labels the run saved (`run_vocabulary`), when it did,
     and with `need_counts` its training label counts too (corpus.json). Otherwise the corpus is rebuilt (or
@@ -362,7 +431,7 @@ def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu", n
         check_corpus_matches_run(run_dir, corpus)
     model = build_model(cfg, corpus.num_labels, corpus.vocab_size)
     ckpt_dir = run_dir / "checkpoints"
-    tag = resolve_tag(ckpt_dir, tag, prefer_best=True)
+    given, tag = tag, resolve_tag(ckpt_dir, tag, prefer_best=True)
     state, dtype = load_checkpoint_weights(ckpt_dir, tag)
     try:
         model.load_state_dict(state)
@@ -371,6 +440,8 @@ def load_run(run_dir: str | Path, tag: str | None = None, device: str = "cpu", n
         detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:200]
         raise UserError(f"the checkpoint {ckpt_dir / tag} does not fit the model that {run_dir / 'config.json'} builds "
                         f"({detail}); was config.json edited after the run?") from None
+    if announce:  # once the weights are in (an error before is its one sentence); on stderr: stdout holds the results
+        print(checkpoint_used(run_dir, given, tag), file=sys.stderr, flush=True)
     # The run's kernel choice holds where it can: "torch" (a run that ruled the Triton kernels out) stays torch on a
     # GPU too; "triton" on a CPU falls back to the torch reference (auto) rather than refusing to run.
     from xmtc import ops

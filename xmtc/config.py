@@ -214,6 +214,9 @@ class TrainConfig:
     checkpoints/best.json) are the ones tested at the end and used by xmtc.evaluate/predict. "" = the last step."""
     save_every: int = 0
     """Steps between checkpoints; 0 = only at the end."""
+    keep_checkpoints: int = 0
+    """How many of the newest `step<N>` checkpoint tags to keep (older ones are deleted after each save; the tag
+    `latest` names and the selected `best-step<N>` always stay); 0 = keep every one."""
     resume: bool = False
     """Continue from output_dir/checkpoints (tag `latest`) when one exists."""
     precision: str = "auto"

@@ -1,5 +1,6 @@
 """The value checks of a read config: ranges, and settings that contradict each other. Types, names and
-choices are checked while reading (xmtc.config); DeepSpeed checks its own section when the engine starts."""
+choices are checked while reading (xmtc.config); the deepspeed section's blocks against DeepSpeed's own models by
+`check_deepspeed_schema` (launch/train.py and launch/slurm/check_config.py, before any data is read)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def check_values(cfg: Config) -> None:
         "train.warmup_steps": (cfg.train.warmup_steps, 0),
         "train.eval_every": (cfg.train.eval_every, 0),
         "train.save_every": (cfg.train.save_every, 0),
+        "train.keep_checkpoints": (cfg.train.keep_checkpoints, 0),
         "xml_cnn.bottleneck": (cfg.xml_cnn.bottleneck, 0),  # 0 = none; a negative one was silently none
     }
     for key, (value, low) in lower_bounds.items():
@@ -278,3 +280,72 @@ def check_monitor_packages(deepspeed_section: dict) -> None:
             extra = " (or pip install 'xmtc[tensorboard]')" if key == "tensorboard" else ""
             raise ConfigError(f"config key 'deepspeed.{key}.enabled' is true but the {package} package is not installed; "
                               f"pip install {package}{extra}, or disable the monitor")
+
+
+BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+"""Keys of the deepspeed section whose agreement depends on the world size (the trainer checks them)."""
+
+
+def check_deepspeed_schema(deepspeed_section: dict) -> None:
+    """The deepspeed section against DeepSpeed's own config models (pydantic), so that a key a block does not have
+    (`zero_optimization.stagee`, `offload_optimizer.pin`) or a value it refuses is one sentence naming the config key
+    when the config is read (launch/slurm/check_config.py, launch/train.py before the data), not after the data and
+    the model were built. Only schema errors are said here: what depends on the machine (bf16 support, the
+    accelerator) DeepSpeed judges when the engine starts. Imports DeepSpeed (a few seconds)."""
+    try:
+        import deepspeed
+        from deepspeed.runtime.config import DeepSpeedConfig
+        from pydantic import ValidationError
+    except ImportError:  # not installed: the trainer cannot start either and says so there
+        return
+    base = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1}
+    for key, value in deepspeed_section.items():
+        if key in BATCH_KEYS:
+            continue
+        try:
+            DeepSpeedConfig({**base, key: value})
+        except ValidationError as e:
+            raise ConfigError(deepspeed_schema_sentence(e, key, deepspeed.__version__)) from None
+        except Exception:  # noqa: BLE001 - a check that needs the rest of the section or the machine: at engine start
+            continue
+
+
+def deepspeed_schema_sentence(e, key: str, version: str) -> str:
+    """One sentence for DeepSpeed's pydantic error `e` about top-level key `key` of the deepspeed section."""
+    import difflib
+
+    error = e.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    if loc[:1] != [key]:  # most blocks are validated alone; the monitors' model holds the top-level names
+        loc = [key, *loc]
+    path = "deepspeed." + ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        fields = _model_fields(e.title, loc[:-1] if e.title == "DeepSpeedMonitorConfig" else loc[1:-1])
+        close = difflib.get_close_matches(loc[-1], fields, n=1)
+        return (f"config key '{path}' is not one DeepSpeed {version} knows" + (f"; did you mean '{'.'.join([path.rsplit('.', 1)[0], close[0]])}'?"
+                                                                              if close else ""))
+    shown = json.dumps(error.get("input"), default=str)
+    return f"config key '{path}' is {shown[:80]}: DeepSpeed {version} refuses it ({error['msg']})"
+
+
+def _model_fields(title: str, path: list[str]) -> list[str]:
+    """The keys (aliases where set) of the DeepSpeed config model named `title`, descended along `path`."""
+    import typing
+
+    from deepspeed.runtime.config_utils import DeepSpeedConfigModel
+    from pydantic import BaseModel
+
+    stack, model = [DeepSpeedConfigModel], None
+    while stack and model is None:
+        cls = stack.pop()
+        model = cls if cls.__name__ == title else None
+        stack.extend(cls.__subclasses__())
+    for part in path:
+        if model is None:
+            return []
+        info = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        candidates = [info.annotation, *typing.get_args(info.annotation)] if info is not None else []
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    if model is None:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             device = inference_device(args.device)
             # Other files need only the run directory (labels.txt, tokenizer/, corpus.json); the test split, the data.
             own = args.texts is None
-            cfg, model, corpus = load_run(args.run, args.tag, device=device, need_data=own, need_counts=not own)
+            cfg, model, corpus = load_run(args.run, args.tag, device=device, need_data=own, need_counts=not own, announce=True)
             if args.batch_size is not None:
                 cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batch_size=args.batch_size))
             if args.texts is None:

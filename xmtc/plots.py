@@ -1,6 +1,6 @@
 """A run's learning curves as a picture: `curves.png` beside `metrics.jsonl`, redrawn after each evaluation.
 
-Three panels over the training step: the training loss, the ranking metrics (P@k, nDCG@k for the
+Three panels over the training step: the training loss (of every log step, `train_log.jsonl`), the ranking metrics (P@k, nDCG@k for the
 evaluated ks), and the set metrics (micro precision, recall, F1; macro F1). Periodic evaluations of the
 validation split are solid, of the test split dashed; with a validation split the test evaluation at
 the end is a marker, at the selected step when a metric selected one. Also `python -m xmtc.plots --run RUN` for a finished run.
@@ -18,6 +18,8 @@ from pathlib import Path
 from xmtc.io import atomic_write_bytes
 
 CURVES_FILE = "curves.png"
+TRAIN_LOG_FILE = "train_log.jsonl"
+"""One record per log step (`train.log_every`): step, epoch, train_loss, lr, samples_per_s, memory; the loss panel's curve."""
 SET_METRICS = ("micro_precision", "micro_recall", "micro_f1", "macro_f1")
 
 
@@ -44,13 +46,14 @@ def ranking_metrics(records: list[dict]) -> list[str]:
     return sorted(keys, key=lambda k: (not k.startswith("P@"), int(k.split("@")[1])))
 
 
-def write_curves(records: list[dict], path: str | os.PathLike, title: str = "") -> bool:
-    """Draw `records` (metrics.jsonl's) into the PNG `path`, atomically; False when there is nothing to draw."""
+def write_curves(records: list[dict], path: str | os.PathLike, title: str = "", train_records: list[dict] | None = None) -> bool:
+    """Draw `records` (metrics.jsonl's) and `train_records` (train_log.jsonl's) into the PNG `path`, atomically; False
+    when there is no evaluation to draw."""
     if not records:
         return False
     import matplotlib.pyplot as plt
 
-    fig = curves_figure(records, title)
+    fig = curves_figure(records, title, train_records)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
@@ -58,8 +61,9 @@ def write_curves(records: list[dict], path: str | os.PathLike, title: str = "") 
     return True
 
 
-def curves_figure(records: list[dict], title: str = ""):
-    """The figure of `write_curves` (a matplotlib Figure with the three panels)."""
+def curves_figure(records: list[dict], title: str = "", train_records: list[dict] | None = None):
+    """The figure of `write_curves` (a matplotlib Figure with the three panels). The loss panel draws the training
+    log's steps (every `train.log_every`) when there are any, else the losses the evaluations recorded (older runs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,7 +74,7 @@ def curves_figure(records: list[dict], title: str = ""):
     finals = [r for r in records if "selected_step" in r or (with_valid and r.get("split") == "test")]
     periodic = [r for r in records if not any(r is f for f in finals)]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    loss_points = sorted({(r["step"], r["train_loss"]) for r in records if _finite(r.get("train_loss"))})
+    loss_points = sorted({(r["step"], r["train_loss"]) for r in (train_records or records) if _finite(r.get("train_loss"))})
     axes[0].plot([s for s, _ in loss_points], [v for _, v in loss_points], color="black", marker=".")
     axes[0].set_ylabel("training loss (mean of the step)")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -115,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {run / 'metrics.jsonl'} could not be read: {e.strerror or e}; pass the run's output directory", file=sys.stderr)
         return 2
     try:
-        drawn = write_curves(records, out, title=str(run))
+        train_records = read_records(run / TRAIN_LOG_FILE)
+    except OSError:  # unreadable: the evaluations' losses instead
+        train_records = []
+    try:
+        drawn = write_curves(records, out, title=str(run), train_records=train_records)
     except OSError as e:
         print(f"error: --out {out} could not be written: {e.strerror or e}", file=sys.stderr)
         return 2

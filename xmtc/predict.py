@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             device = inference_device(args.device)
             texts, numbers = read_texts(args.texts, "skip")
             total = len(read_lines(args.texts))
-            cfg, model, corpus = load_run(args.run, args.tag, device=device, need_data=False)
+            cfg, model, corpus = load_run(args.run, args.tag, device=device, need_data=False, announce=True)
             spaced = next((name for name in corpus.label_names if name != "".join(name.split())), None)
             if args.format == "text" and spaced is not None:
                 raise UserError(f"label {spaced!r} of {args.run} holds whitespace, which would make `label:score` lines "

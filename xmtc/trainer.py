@@ -3,13 +3,17 @@
 Everything a run writes goes to `train.output_dir`:
   config.json           the resolved config (after overrides)
   checkpoints/          DeepSpeed checkpoints, tag `step<N>`, and the `latest` file; with model
-                        selection also tag `best-step<N>` and `best.json` naming the selected tag
+                        selection also tag `best-step<N>` and `best.json` naming the selected tag;
+                        `train.keep_checkpoints` N keeps the newest N step tags; a last step whose
+                        weights give NaN scores is set aside as `step<N>.diverged<k>`
   metrics.jsonl         one JSON object per evaluation (split, step, epoch, samples_per_s, train_loss,
                         metrics); "split" is "valid" when the corpus has a validation split (periodic
                         evaluations then use it), else "test"
   final_metrics.json    the test evaluation at the end (of the selected step's weights when
                         `train.select_metric` is set) plus train_loss, step, timings and the selection
-  curves.png            training loss and metrics by step, redrawn after each evaluation (`train.plot`)
+  train_log.jsonl       one JSON object per log step (`train.log_every`): step, epoch, train_loss, lr,
+                        samples_per_s, memory
+  curves.png            training loss (of every log step) and metrics by step, redrawn after each evaluation (`train.plot`)
   labels.txt            label names in id order (most frequent first)
   tokenizer/            the tokenizer (xmtc.evaluate/predict check that the corpus they rebuild has the same)
   corpus.json           the working directory the relative data paths start from, and the training label
@@ -37,7 +41,7 @@ import torch
 
 import kernels
 from xmtc import ops
-from xmtc.checkpoint import (BEST_FILE, CORPUS_FILE, check_corpus_matches_run, corpus_record, keep_metrics_through, read_best,
+from xmtc.checkpoint import (BEST_FILE, CORPUS_FILE, check_corpus_matches_run, corpus_record, keep_metrics_through, prune_step_tags, read_best,
                              set_aside_run, set_aside_tag)
 from xmtc.config import LOWER_IS_BETTER, Config, ConfigError, UserError
 from xmtc.config_checks import check_monitor_packages, check_precision, precision_blocks
@@ -51,7 +55,7 @@ from xmtc.models.common import load_word_vectors
 from xmtc.models.tfidf import document_frequencies
 from xmtc.models.word_vectors import cached_ppmi_svd_vectors, scaled
 from xmtc.optim import build_optimizer, configured_settings, lr_lambda
-from xmtc.plots import CURVES_FILE, read_records, write_curves
+from xmtc.plots import CURVES_FILE, TRAIN_LOG_FILE, read_records, write_curves
 from xmtc.parallel import load_checkpoint, parallelize
 from xmtc.runlock import DirectoryInUse, OutputDirError, RunLock, in_use_message, lock_wait_s
 
@@ -136,6 +140,22 @@ def resolve_deepspeed_config(cfg: Config, data_world_size: int, device_type: str
     if precision == "bf16":
         ds["bf16"] = {**ds.get("bf16", {}), "enabled": True}  # the block's other settings kept
     return ds
+
+
+def weights_finite(module: torch.nn.Module, device) -> bool:
+    """Whether every rank's weights are finite: each rank checks what it holds (its ZeRO-3 partition, its label
+    shard, or the full weights), by the min and max of each tensor (NaN and inf show in them; no tensor of the
+    weights' size is allocated)."""
+    bounds = []
+    for p in module.parameters():
+        t = getattr(p, "ds_tensor", None)  # ZeRO-3: this rank's partition (p.data is empty outside a forward)
+        t = p.data if t is None else t
+        if t.numel():
+            bounds.extend(torch.aminmax(t.detach()))
+    bad = torch.zeros(1, device=device)
+    if bounds:
+        bad = bad + (~torch.isfinite(torch.stack([b.float().to(device) for b in bounds]))).any().float()
+    return all_reduce_max(bad).item() == 0
 
 
 def model_mismatch(saved_config: Path, cfg: Config, ckpt_dir: Path, error: str) -> str:
@@ -370,6 +390,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
     step, last_loss = 0, float("nan")
     best: dict | None = None  # the selected checkpoint so far (best.json's content)
     last_saved: tuple[int, str] | None = None  # (step, tag) of the newest checkpoint `latest` names
+    saved_before: tuple[int, str] | None = None  # the one `latest` named before it
     resumed = cfg.train.resume and (ckpt_dir / "latest").is_file()
     if resumed:
         restore_settings = configured_settings(optimizer, scheduler) if scheduler is not None else None
@@ -410,6 +431,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
             dropped = keep_metrics_through(out / "metrics.jsonl", lambda r: r.get("step", 0) < step or (r.get("step") == step and step < total_steps))
             if dropped:
                 print0(f"metrics.jsonl: dropped {dropped} record(s) logged after step {step} by the interrupted run")
+            keep_metrics_through(out / TRAIN_LOG_FILE, lambda r: r.get("step", 0) <= step)  # its steps are trained again
             # Copies a crash left between best.json and the removal of the previous best, selections of steps
             # after this checkpoint, or of another select_metric (none, now): only the selection in force is
             # kept, so xmtc.evaluate/xmtc.predict never default to weights this config did not select.
@@ -438,8 +460,28 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
 
     written: set[str] = set()  # tags this process saved (saving one again is DeepSpeed's overwrite)
 
-    def save(tag_step: int, tag: str | None = None, latest: bool = True) -> str:
+    def prune_checkpoints() -> None:
+        """train.keep_checkpoints: rank 0 deletes the oldest step tags, after DeepSpeed's closing barrier of the
+        newest save (every rank's files of it are written)."""
+        if cfg.train.keep_checkpoints and dist_info.is_main and last_saved is not None:
+            pruned = prune_step_tags(ckpt_dir, cfg.train.keep_checkpoints, last_saved[0],
+                                     protect={last_saved[1]} | ({best["tag"]} if best else set()))
+            if pruned:
+                print0(f"train.keep_checkpoints {cfg.train.keep_checkpoints}: removed checkpoint " + ", ".join(pruned))
+
+    def save(tag_step: int, tag: str | None = None, latest: bool = True, prune: bool = True) -> str:
+        nonlocal last_saved, saved_before
         tag = tag or f"step{tag_step}"
+        if not weights_finite(engine.module, dist_info.device):
+            # A finite loss, then an update that made the weights NaN or inf: a checkpoint of them would be the one
+            # `latest` names, and a resumed run would start from weights that cannot train.
+            if bar is not None:
+                bar.close()
+            raise Diverged(
+                f"the weights are not finite after the update of step {tag_step} (its loss was finite): the run diverged "
+                "(lower train.lr, raise train.warmup_steps or set deepspeed.gradient_clipping); step "
+                f"{tag_step} was not saved" + (f", the newest checkpoint is {ckpt_dir / last_saved[1]}" if last_saved else "")
+            )
         if tag not in written:
             # A tag of this name from an earlier run (a fresh run into an old directory, or a run resumed
             # from a re-sharded tag, whose old later tags have another layout): DeepSpeed would write into
@@ -454,13 +496,14 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": tag_step, "train_loss": last_loss}, save_latest=latest)
         plan.save_checkpoint(engine, ckpt_dir, tag)
         if latest:
-            nonlocal last_saved
-            last_saved = (tag_step, tag)
+            saved_before, last_saved = (last_saved if last_saved != (tag_step, tag) else saved_before), (tag_step, tag)
+            if prune:
+                prune_checkpoints()
         return tag
 
-    def save_unless_saved() -> str:
+    def save_unless_saved(prune: bool = True) -> str:
         """The checkpoint of this step: written now, unless it exists already (saved or resumed from)."""
-        return last_saved[1] if last_saved is not None and last_saved[0] == step else save(step)
+        return last_saved[1] if last_saved is not None and last_saved[0] == step else save(step, prune=prune)
 
     def consider(record: dict, saved_tag: str | None = None) -> None:
         """Model selection: keep a checkpoint of this step if its validation `select` metric is the best so far."""
@@ -487,18 +530,32 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
         try:
             metrics = evaluate(engine, dataset, cfg, plan.data_rank, plan.data_world_size, dist_info.device,
                                corpus.label_counts, corpus.label_counts_docs, counts=plan.counts_metrics)
-        except FloatingPointError:  # NaN scores: the last update made the weights NaN after a finite loss
+        except FloatingPointError:  # NaN scores: the last update made the weights huge (or NaN) after a finite loss
+            newest = last_saved if last_saved and last_saved[0] < step else None
+            aside = ""
+            if last_saved and last_saved[0] == step:
+                # The end of training saves before it evaluates: that checkpoint holds the weights that gave NaN. Set
+                # it aside and point `latest` back at the one before, so that train.resume (with a lower train.lr)
+                # starts from weights that still train.
+                newest = saved_before if saved_before and (ckpt_dir / saved_before[1]).is_dir() else None
+                if dist_info.is_main:
+                    aside = f"; its checkpoint is set aside as {set_aside_tag(ckpt_dir, last_saved[1], 'diverged').name}"
+                    if newest:
+                        atomic_write_text(ckpt_dir / "latest", newest[1])
+                    else:
+                        (ckpt_dir / "latest").unlink(missing_ok=True)
             raise Diverged(
                 f"the model's scores are NaN at the evaluation of step {step}: the run diverged in its last update (lower "
-                "train.lr, raise train.warmup_steps or set deepspeed.gradient_clipping)"
-                + (f"; the newest checkpoint is {ckpt_dir / last_saved[1]}" if last_saved and last_saved[0] < step else "")
+                "train.lr, raise train.warmup_steps or set deepspeed.gradient_clipping)" + aside
+                + (f"; the newest checkpoint is {ckpt_dir / newest[1]}" if newest else "")
             ) from None
         record = {"split": split, "step": step, "epoch": step / sampler.steps_per_epoch, "samples_per_s": samples_per_s,
                   "train_loss": last_loss, "lr": float(engine.get_lr()[0]), **metrics, **extra}
         if dist_info.is_main:
             append_jsonl(out / "metrics.jsonl", record)
             if cfg.train.plot:
-                write_curves(read_records(out / "metrics.jsonl"), out / CURVES_FILE, title=f"{cfg.model.name} - {out}")
+                write_curves(read_records(out / "metrics.jsonl"), out / CURVES_FILE, title=f"{cfg.model.name} - {out}",
+                             train_records=read_records(out / TRAIN_LOG_FILE))
             if engine.monitor is not None and engine.monitor.enabled:
                 engine.monitor.write_events([(f"Eval/{split}/{k}", v, step) for k, v in metrics.items()])
         return record
@@ -541,8 +598,13 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
                 now = time.perf_counter()
                 samples_per_s = steps_window * samples_per_step / max(now - t_window, 1e-9)
                 t_window, steps_window = now, 0
+                memory = memory_stats(dist_info.device)
                 fields = {"loss": f"{last_loss:.4f}", "samples_s": f"{samples_per_s:.0f}", "lr": f"{engine.get_lr()[0]:.2e}",
-                          **{k: f"{v:.2f}" for k, v in memory_stats(dist_info.device).items()}}
+                          **{k: f"{v:.2f}" for k, v in memory.items()}}
+                if dist_info.is_main:
+                    append_jsonl(out / TRAIN_LOG_FILE, {"step": step, "epoch": step / sampler.steps_per_epoch, "train_loss": last_loss,
+                                                        "lr": float(engine.get_lr()[0]), "samples_per_s": samples_per_s,
+                                                        **memory})
                 if bar is not None:
                     bar.set_postfix(**fields)
                 else:  # no bar (train.progress false, or a log file): a plain line per log step, rank 0 only
@@ -574,7 +636,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
         bar.close()
     train_time = time.perf_counter() - t_start
 
-    last_tag = save_unless_saved()
+    last_tag = save_unless_saved(prune=False)  # pruned after the evaluations: NaN scores set this one aside
     selection = {}
     if corpus.valid is not None:
         record = log_eval("valid")
@@ -587,6 +649,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
                          f"valid_{select}": best["value"]}
             print0(f"model selection: step {best['step']} of {step} ({best['tag']}), valid {select} {best['value']:.4f}")
     record = log_eval("test", **selection)
+    prune_checkpoints()
     final = {**record, "train_time_s": train_time,
              "train_samples_per_s": trained_steps * samples_per_step / max(train_time, 1e-9),
              **memory_stats(dist_info.device)}

@@ -1,7 +1,8 @@
 """Check a config and its overrides exactly as launch/train.py will, then print `train.output_dir`.
 
 The batch scripts run this before starting any rank, so a wrong config name or key stops the job
-(or, from submit.sh, the submission) with one sentence instead of a traceback from every rank.
+(or, from submit.sh, the submission) with one sentence instead of a traceback from every rank; the deepspeed
+section is checked against DeepSpeed's own config models too (a key a block lacks, a value it refuses).
 
     python launch/slurm/check_config.py CONFIG [--section.key value ...]
     python launch/slurm/check_config.py --array-args FILE CONFIG [--section.key value ...]
@@ -19,6 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from xmtc.config import UserError, load_config  # noqa: E402
+from xmtc.config_checks import check_deepspeed_schema  # noqa: E402
 
 USAGE = "usage: python launch/slurm/check_config.py [--array-args FILE] CONFIG [--section.key value ...]"
 
@@ -52,6 +54,13 @@ def array_lines(path: str) -> list[list[str]]:
 
 
 def main(argv: list[str]) -> int:
+    import contextlib
+    import io
+
+    # DeepSpeed's log lines (its accelerator guess on a login node) are neither this script's output (the output
+    # directory) nor its errors: its logger binds its stream on import, to a buffer dropped here.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(ImportError):
+        import deepspeed  # noqa: F401
     array_args = None
     if argv[:1] == ["--array-args"]:
         if len(argv) < 2:
@@ -63,12 +72,14 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         if array_args is None:
-            print(load_config(argv[0], argv[1:]).train.output_dir)
+            cfg = load_config(argv[0], argv[1:])
+            check_deepspeed_schema(cfg.deepspeed)
+            print(cfg.train.output_dir)
             return 0
         lines = array_lines(array_args)
         for number, words in enumerate(lines, start=1):
             try:
-                load_config(argv[0], [*argv[1:], *words])
+                check_deepspeed_schema(load_config(argv[0], [*argv[1:], *words]).deepspeed)
             except UserError as e:
                 raise UserError(f"XMTC_ARRAY_ARGS={array_args} line {number}: {e}") from None
         print(len(lines))
