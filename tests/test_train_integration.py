@@ -639,6 +639,29 @@ def test_ctrl_c_checkpoints_at_the_end_of_the_step_and_a_second_one_stops_at_onc
     assert not (out / "final_metrics.json").exists()
 
 
+def test_a_run_whose_output_dir_is_moved_away_stops_and_writes_nothing_more_there(tmp_path):
+    # Before, the run's next writes (train_log.jsonl, metrics, DeepSpeed's save, each making its parents) rebuilt a
+    # partial run directory (no config.json, labels or tokenizer) and the run ended with 0.
+    out, moved = tmp_path / "run", tmp_path / "moved"
+    proc = subprocess.Popen(train_cmd(out, "--train.max_steps", "100000", "--train.log_every", "5", kind="python"),
+                            cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not ((out / "train_log.jsonl").exists() and (out / "train_log.jsonl").read_text().strip()):
+        assert proc.poll() is None and time.time() < deadline, "training did not log step 5"
+        time.sleep(0.1)
+    os.rename(out, moved)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, stdout[-2000:] + stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"error: train.output_dir {re.escape(str(out))} was removed, moved or replaced during training "
+                        r"\(its .xmtc-run.lock is not the one this run holds\): the run stops at step (\d+), before the "
+                        r"log of step \1, and writes nothing more there", last), last
+    assert not out.exists()
+    logged = [json.loads(x)["step"] for x in (moved / "train_log.jsonl").read_text().splitlines()]
+    assert logged and logged == list(range(5, 5 * len(logged) + 1, 5)) and int(re.search(r"step (\d+)", last)[1]) == logged[-1] + 5
+    assert (moved / "config.json").is_file() and not (moved / "final_metrics.json").exists()
+
+
 def test_ctrl_c_before_training_is_one_sentence(tmp_path):
     # A Ctrl-C while the data loads (the trainer's handler raises KeyboardInterrupt before the loop): one sentence, 130.
     script = (

@@ -131,6 +131,19 @@ class RunLock:
             os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
         return None
 
+    def still_held(self) -> bool:
+        """Whether the lock file this run holds is still the one at its path: false once the output directory was
+        removed, moved or replaced during the run (its writes would make a new, partial directory there). True when
+        nothing is held (a filesystem without locks: nothing to compare)."""
+        if self.fd is None:
+            return True
+        try:
+            there = os.stat(self.path)
+        except OSError:
+            return False
+        held = os.fstat(self.fd)
+        return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
+
     def release(self) -> None:
         """Give the lock up (the file stays: removing it would let a third run lock a new inode beside a waiter)."""
         if self.fd is not None:

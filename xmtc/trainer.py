@@ -57,7 +57,7 @@ from xmtc.models.word_vectors import cached_ppmi_svd_vectors, scaled
 from xmtc.optim import build_optimizer, configured_settings, lr_lambda
 from xmtc.plots import CURVES_FILE, TRAIN_LOG_FILE, read_records, write_curves
 from xmtc.parallel import load_checkpoint, parallelize
-from xmtc.runlock import DirectoryInUse, OutputDirError, RunLock, in_use_message, lock_wait_s
+from xmtc.runlock import LOCK_NAME, DirectoryInUse, OutputDirError, RunLock, in_use_message, lock_wait_s
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed on a signal, run again with train.resume
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C: checkpointed, and not to be requeued
@@ -469,9 +469,26 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
             if pruned:
                 print0(f"train.keep_checkpoints {cfg.train.keep_checkpoints}: removed checkpoint " + ", ".join(pruned))
 
+    def check_output_dir(before: str) -> None:
+        """Every rank: stop when rank 0's output directory was removed, moved or replaced during the run (its lock
+        file is not the one rank 0 holds), before `before` writes there; the writes would rebuild a partial run
+        directory (metrics, checkpoints without config.json, labels, tokenizer) and the run would end with 0."""
+        gone = torch.zeros(1, device=dist_info.device)
+        if dist_info.is_main and not lock.still_held():
+            gone += 1
+        if all_reduce_max(gone).item():
+            if bar is not None:
+                bar.close()
+            raise OutputDirError(
+                f"train.output_dir {out} was removed, moved or replaced during training (its {LOCK_NAME} is not the one "
+                f"this run holds): the run stops at step {step}, before {before}, and writes nothing more there"
+                + (f"; its newest checkpoint was {last_saved[1]}" if last_saved else "")
+            )
+
     def save(tag_step: int, tag: str | None = None, latest: bool = True, prune: bool = True) -> str:
         nonlocal last_saved, saved_before
         tag = tag or f"step{tag_step}"
+        check_output_dir(f"the checkpoint {tag}")
         if not weights_finite(engine.module, dist_info.device):
             # A finite loss, then an update that made the weights NaN or inf: a checkpoint of them would be the one
             # `latest` names, and a resumed run would start from weights that cannot train.
@@ -549,6 +566,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
                 "train.lr, raise train.warmup_steps or set deepspeed.gradient_clipping)" + aside
                 + (f"; the newest checkpoint is {ckpt_dir / newest[1]}" if newest else "")
             ) from None
+        check_output_dir(f"the {split} metrics of step {step}")
         record = {"split": split, "step": step, "epoch": step / sampler.steps_per_epoch, "samples_per_s": samples_per_s,
                   "train_loss": last_loss, "lr": float(engine.get_lr()[0]), **metrics, **extra}
         if dist_info.is_main:
@@ -598,6 +616,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
                 now = time.perf_counter()
                 samples_per_s = steps_window * samples_per_step / max(now - t_window, 1e-9)
                 t_window, steps_window = now, 0
+                check_output_dir(f"the log of step {step}")
                 memory = memory_stats(dist_info.device)
                 fields = {"loss": f"{last_loss:.4f}", "samples_s": f"{samples_per_s:.0f}", "lr": f"{engine.get_lr()[0]:.2e}",
                           **{k: f"{v:.2f}" for k, v in memory.items()}}
