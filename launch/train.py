@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         say_error(str(e))  # once for the run: before any process group, through a store at its address
         return 2
     from xmtc.distributed import say_error, teardown
-    from xmtc.trainer import EXIT_INTERRUPTED, Preempted, StopSignal, train
+    from xmtc.stopping import EXIT_INTERRUPTED, Preempted, StopSignal
+    from xmtc.trainer import train
 
     try:
         train(cfg, args.local_rank)

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from test_train_integration import ROOT, env, launcher
+from launch_helpers import ROOT, env, launcher
 
 SCRIPT = """
 import os, sys, torch.distributed as dist

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from test_train_integration import ROOT, env
+from launch_helpers import ROOT, env
 
 SCRIPT = """
 import atexit, os, sys, threading, time

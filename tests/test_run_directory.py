@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from test_train_integration import ROOT, env
+from launch_helpers import ROOT, env
 
 from xmtc.checkpoint import check_corpus_matches_run, checkpoint_used, keep_metrics_through, prune_step_tags
 from xmtc.trainer import dropout_seed

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train_integration import ROOT, env, launcher
+from launch_helpers import ROOT, env, launcher
 
 from xmtc.distributed import DistInfo
 from xmtc.runlock import LOCK_NAME, DirectoryInUse, OutputDirError, RunLock, lock_wait_s

@@ -63,13 +63,17 @@ def resolve_tag(ckpt_dir: Path, tag: str | None, prefer_best: bool = False) -> s
     return latest.read_text().strip()
 
 
+STEP_TAG = re.compile(r"step(\d+)")
+"""The tags of the trainer's periodic and final checkpoints (`train.keep_checkpoints` prunes only these)."""
+
+
 def existing_tags(ckpt_dir: Path) -> list[str]:
     """The checkpoint tags in `ckpt_dir` (its directories, hidden ones left out), in step order where a name has one."""
     ckpt_dir = Path(ckpt_dir)
     names = [d.name for d in ckpt_dir.iterdir() if d.is_dir() and not d.name.startswith(".")] if ckpt_dir.is_dir() else []
 
     def order(name: str):
-        m = re.search(r"step(\d+)", name)
+        m = STEP_TAG.search(name)  # best-step<N>, step<N>.replaced<k>: by their step too
         return (int(m.group(1)) if m else -1, name)
 
     return sorted(names, key=order)
@@ -90,9 +94,6 @@ def set_aside_tag(ckpt_dir: Path, tag: str, word: str = "replaced") -> Path:
     os.rename(Path(ckpt_dir) / tag, aside)
     return aside
 
-
-STEP_TAG = re.compile(r"step(\d+)")
-"""The tags of the trainer's periodic and final checkpoints (`train.keep_checkpoints` prunes only these)."""
 
 PRUNING_SUFFIX = ".pruning"
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -58,63 +57,7 @@ from xmtc.optim import build_optimizer, configured_settings, lr_lambda
 from xmtc.plots import CURVES_FILE, TRAIN_LOG_FILE, read_records, write_curves
 from xmtc.parallel import load_checkpoint, parallelize
 from xmtc.runlock import LOCK_NAME, DirectoryInUse, OutputDirError, RunLock, in_use_message, lock_wait_s
-
-EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed on a signal, run again with train.resume
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C: checkpointed, and not to be requeued
-
-
-class Diverged(UserError):
-    """The training loss is not finite; the launcher prints the sentence and exits with 2."""
-
-
-class Preempted(Exception):
-    """Raised after the checkpoint written on a stop signal; the launcher exits with `exit_code`: EXIT_REQUEUE
-    (SIGUSR1/SIGTERM: SLURM's scripts requeue the job) or EXIT_INTERRUPTED (Ctrl-C: nothing requeues it)."""
-
-    def __init__(self, step: int, exit_code: int = 75):
-        super().__init__(step)
-        self.step, self.exit_code = step, exit_code
-
-
-class StopSignal:
-    """Remembers the first SIGUSR1, SIGTERM or (in the training loop) SIGINT; ranks agree on it at step boundaries.
-
-    Ctrl-C in the training loop is a stop like SIGTERM: a checkpoint at the end of the step, then exit 130. Before
-    the loop (nothing to save yet), or a second Ctrl-C, stops at once: KeyboardInterrupt, which launch/train.py
-    turns into one sentence. (Before, Ctrl-C was a traceback of every rank and lost the steps since the last save.)"""
-
-    def __init__(self):
-        self.received = 0
-        self.in_loop = False
-
-    def install(self) -> None:
-        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if signum == signal.SIGINT and (not self.in_loop or self.received == signal.SIGINT):
-            raise KeyboardInterrupt
-        if not self.received:  # the first one decides (the deepspeed launcher follows Ctrl-C with a SIGTERM)
-            self.received = signum
-            if signum == signal.SIGINT and os.environ.get("RANK", "0") == "0":
-                os.write(2, b"\ninterrupted: a checkpoint at the end of this step, then exit (Ctrl-C again: exit without one)\n")
-
-    @staticmethod
-    def ignore_further() -> None:
-        """Once stopping or done, a later signal must not kill a rank mid-checkpoint or during shutdown.
-
-        Also what a finished run does before it exits: Python's finalization resets the handlers it set
-        to the default action, so a SIGUSR1 arriving then (SLURM's warning as a run ends) killed a run
-        that had finished, with 138 (measured: a SIGUSR1 every 0.5 ms from the moment a process with a
-        handler is about to exit killed it in 20 of 20 tries; 0 of 20 with the signal ignored).
-        """
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
-
-    def any_rank(self, device) -> bool:
-        flag = torch.tensor([1.0 if self.received else 0.0], device=device)
-        return bool(all_reduce_max(flag).item())
-
+from xmtc.stopping import DIVERGED_ADVICE, EXIT_INTERRUPTED, EXIT_REQUEUE, Diverged, Preempted, StopSignal, weights_finite
 
 def dropout_seed(seed: int, micro_step: int, rank: int) -> int:
     """The RNG seed of one micro-batch (step x accumulation + index) on one rank: dropout depends on
@@ -140,22 +83,6 @@ def resolve_deepspeed_config(cfg: Config, data_world_size: int, device_type: str
     if precision == "bf16":
         ds["bf16"] = {**ds.get("bf16", {}), "enabled": True}  # the block's other settings kept
     return ds
-
-
-def weights_finite(module: torch.nn.Module, device) -> bool:
-    """Whether every rank's weights are finite: each rank checks what it holds (its ZeRO-3 partition, its label
-    shard, or the full weights), by the min and max of each tensor (NaN and inf show in them; no tensor of the
-    weights' size is allocated)."""
-    bounds = []
-    for p in module.parameters():
-        t = getattr(p, "ds_tensor", None)  # ZeRO-3: this rank's partition (p.data is empty outside a forward)
-        t = p.data if t is None else t
-        if t.numel():
-            bounds.extend(torch.aminmax(t.detach()))
-    bad = torch.zeros(1, device=device)
-    if bounds:
-        bad = bad + (~torch.isfinite(torch.stack([b.float().to(device) for b in bounds]))).any().float()
-    return all_reduce_max(bad).item() == 0
 
 
 def model_mismatch(saved_config: Path, cfg: Config, ckpt_dir: Path, error: str) -> str:
@@ -477,8 +404,6 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
         if dist_info.is_main and not lock.still_held():
             gone += 1
         if all_reduce_max(gone).item():
-            if bar is not None:
-                bar.close()
             raise OutputDirError(
                 f"train.output_dir {out} was removed, moved or replaced during training (its {LOCK_NAME} is not the one "
                 f"this run holds): the run stops at step {step}, before {before}, and writes nothing more there"
@@ -492,12 +417,9 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
         if not weights_finite(engine.module, dist_info.device):
             # A finite loss, then an update that made the weights NaN or inf: a checkpoint of them would be the one
             # `latest` names, and a resumed run would start from weights that cannot train.
-            if bar is not None:
-                bar.close()
             raise Diverged(
                 f"the weights are not finite after the update of step {tag_step} (its loss was finite): the run diverged "
-                "(lower train.lr, raise train.warmup_steps or set deepspeed.gradient_clipping); step "
-                f"{tag_step} was not saved" + (f", the newest checkpoint is {ckpt_dir / last_saved[1]}" if last_saved else "")
+                f"({DIVERGED_ADVICE}); step {tag_step} was not saved" + (f", the newest checkpoint is {ckpt_dir / last_saved[1]}" if last_saved else "")
             )
         if tag not in written:
             # A tag of this name from an earlier run (a fresh run into an old directory, or a run resumed
@@ -562,8 +484,8 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
                     else:
                         (ckpt_dir / "latest").unlink(missing_ok=True)
             raise Diverged(
-                f"the model's scores are NaN at the evaluation of step {step}: the run diverged in its last update (lower "
-                "train.lr, raise train.warmup_steps or set deepspeed.gradient_clipping)" + aside
+                f"the model's scores are NaN at the evaluation of step {step}: the run diverged in its last update "
+                f"({DIVERGED_ADVICE})" + aside
                 + (f"; the newest checkpoint is {ckpt_dir / newest[1]}" if newest else "")
             ) from None
         check_output_dir(f"the {split} metrics of step {step}")
@@ -581,78 +503,78 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
     periodic_split = "valid" if corpus.valid is not None else "test"
     engine.train()
     stop.in_loop = True  # from here Ctrl-C checkpoints at the end of the step
-    while step < total_steps:
-        epoch, in_epoch = divmod(step, sampler.steps_per_epoch)
-        batches = sampler.micro_batches(epoch, in_epoch * cfg.grad_accum)
-        step_loss = 0.0
-        for micro, indices in enumerate(batches):
-            torch.manual_seed(dropout_seed(cfg.train.seed, step * cfg.grad_accum + micro % cfg.grad_accum, dist_info.rank))
-            batch = move(collate(corpus.train[indices], cfg.data.max_len), dist_info.device)
-            loss = engine(batch["input_ids"], batch["label_idx"], batch["label_offsets"], batch["lengths"])
-            engine.backward(loss)
-            engine.step()
-            step_loss = step_loss + loss.detach().float()
-            if (micro + 1) % cfg.grad_accum:
-                continue
-            step += 1
-            trained_steps += 1
-            steps_window += 1
-            is_last = step >= total_steps
-            # Every step: a checkpoint written at any step must carry that step's loss (the mean over its micro-batches).
-            mean_loss = step_loss.reshape(1) / cfg.grad_accum
+    try:  # the bar closes before whatever ends the loop is said (the launcher prints a raised error's sentence)
+        while step < total_steps:
+            epoch, in_epoch = divmod(step, sampler.steps_per_epoch)
+            batches = sampler.micro_batches(epoch, in_epoch * cfg.grad_accum)
             step_loss = 0.0
-            last_loss = float((all_reduce_sum(mean_loss) / dist_info.world_size).item())
-            if not math.isfinite(last_loss):
+            for micro, indices in enumerate(batches):
+                torch.manual_seed(dropout_seed(cfg.train.seed, step * cfg.grad_accum + micro % cfg.grad_accum, dist_info.rank))
+                batch = move(collate(corpus.train[indices], cfg.data.max_len), dist_info.device)
+                loss = engine(batch["input_ids"], batch["label_idx"], batch["label_offsets"], batch["lengths"])
+                engine.backward(loss)
+                engine.step()
+                step_loss = step_loss + loss.detach().float()
+                if (micro + 1) % cfg.grad_accum:
+                    continue
+                step += 1
+                trained_steps += 1
+                steps_window += 1
+                is_last = step >= total_steps
+                # Every step: a checkpoint written at any step must carry that step's loss (the mean over its micro-batches).
+                mean_loss = step_loss.reshape(1) / cfg.grad_accum
+                step_loss = 0.0
+                last_loss = float((all_reduce_sum(mean_loss) / dist_info.world_size).item())
+                if not math.isfinite(last_loss):
+                    raise Diverged(
+                        f"the training loss is {last_loss} at step {step}: the run diverged ({DIVERGED_ADVICE}); nothing "
+                        "was saved for this step"
+                        + (f", the newest checkpoint is {ckpt_dir / last_saved[1]}" if last_saved else ""),
+                    )
                 if bar is not None:
-                    bar.close()
-                raise Diverged(
-                    f"the training loss is {last_loss} at step {step}: the run diverged (lower train.lr, raise "
-                    "train.warmup_steps or set deepspeed.gradient_clipping); nothing was saved for this step"
-                    + (f", the newest checkpoint is {ckpt_dir / last_saved[1]}" if last_saved else ""),
-                )
-            if bar is not None:
-                bar.update(1)
-            if step % cfg.train.log_every == 0 or is_last:
-                now = time.perf_counter()
-                samples_per_s = steps_window * samples_per_step / max(now - t_window, 1e-9)
-                t_window, steps_window = now, 0
-                check_output_dir(f"the log of step {step}")
-                memory = memory_stats(dist_info.device)
-                fields = {"loss": f"{last_loss:.4f}", "samples_s": f"{samples_per_s:.0f}", "lr": f"{engine.get_lr()[0]:.2e}",
-                          **{k: f"{v:.2f}" for k, v in memory.items()}}
-                if dist_info.is_main:
-                    append_jsonl(out / TRAIN_LOG_FILE, {"step": step, "epoch": step / sampler.steps_per_epoch, "train_loss": last_loss,
-                                                        "lr": float(engine.get_lr()[0]), "samples_per_s": samples_per_s,
-                                                        **memory})
-                if bar is not None:
-                    bar.set_postfix(**fields)
-                else:  # no bar (train.progress false, or a log file): a plain line per log step, rank 0 only
-                    print0(f"step {step}/{total_steps} " + " ".join(f"{k} {v}" for k, v in fields.items()))
-            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and not is_last:
-                record = log_eval(periodic_split)
-                print0(f"step {step} ({periodic_split}): " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("P@1", "nDCG@3", "micro_f1"))))
-                if select:
-                    consider(record)
-            if cfg.train.save_every and step % cfg.train.save_every == 0 and not is_last:
-                save(step)
-            if stop.any_rank(dist_info.device):
-                stop.ignore_further()
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # not a second Ctrl-C mid-checkpoint either
-                save_unless_saved()
-                if bar is not None:
-                    bar.close()
-                if stop.received == signal.SIGINT:
-                    print0(f"interrupted: checkpoint at step {step} in {ckpt_dir}; exiting with {EXIT_INTERRUPTED} "
-                           "(continue with --train.resume true)")
-                    raise Preempted(step, EXIT_INTERRUPTED)
-                print0(f"signal received: checkpoint at step {step} in {ckpt_dir}; exiting with {EXIT_REQUEUE} to be requeued "
-                       "(by hand: continue with --train.resume true)")
-                raise Preempted(step, EXIT_REQUEUE)
-            if is_last:
-                break
+                    bar.update(1)
+                if step % cfg.train.log_every == 0 or is_last:
+                    now = time.perf_counter()
+                    samples_per_s = steps_window * samples_per_step / max(now - t_window, 1e-9)
+                    t_window, steps_window = now, 0
+                    check_output_dir(f"the log of step {step}")
+                    memory = memory_stats(dist_info.device)
+                    fields = {"loss": f"{last_loss:.4f}", "samples_s": f"{samples_per_s:.0f}", "lr": f"{engine.get_lr()[0]:.2e}",
+                              **{k: f"{v:.2f}" for k, v in memory.items()}}
+                    if dist_info.is_main:
+                        append_jsonl(out / TRAIN_LOG_FILE, {"step": step, "epoch": step / sampler.steps_per_epoch, "train_loss": last_loss,
+                                                            "lr": float(engine.get_lr()[0]), "samples_per_s": samples_per_s,
+                                                            **memory})
+                    if bar is not None:
+                        bar.set_postfix(**fields)
+                    else:  # no bar (train.progress false, or a log file): a plain line per log step, rank 0 only
+                        print0(f"step {step}/{total_steps} " + " ".join(f"{k} {v}" for k, v in fields.items()))
+                if cfg.train.eval_every and step % cfg.train.eval_every == 0 and not is_last:
+                    record = log_eval(periodic_split)
+                    print0(f"step {step} ({periodic_split}): " + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("P@1", "nDCG@3", "micro_f1"))))
+                    if select:
+                        consider(record)
+                if cfg.train.save_every and step % cfg.train.save_every == 0 and not is_last:
+                    save(step)
+                if stop.any_rank(dist_info.device):
+                    stop.ignore_further()
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)  # not a second Ctrl-C mid-checkpoint either
+                    save_unless_saved()
+                    if bar is not None:
+                        bar.close()
+                    if stop.received == signal.SIGINT:
+                        print0(f"interrupted: checkpoint at step {step} in {ckpt_dir}; exiting with {EXIT_INTERRUPTED} "
+                               "(continue with --train.resume true)")
+                        raise Preempted(step, EXIT_INTERRUPTED)
+                    print0(f"signal received: checkpoint at step {step} in {ckpt_dir}; exiting with {EXIT_REQUEUE} to be requeued "
+                           "(by hand: continue with --train.resume true)")
+                    raise Preempted(step, EXIT_REQUEUE)
+                if is_last:
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
     stop.in_loop = False
-    if bar is not None:
-        bar.close()
     train_time = time.perf_counter() - t_start
 
     last_tag = save_unless_saved(prune=False)  # pruned after the evaluations: NaN scores set this one aside

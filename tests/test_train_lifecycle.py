@@ -1,0 +1,163 @@
+"""A run's life beyond the happy path, through the launcher users run: divergence (a NaN loss, weights or scores),
+Ctrl-C before and during training, its output directory moved away, and its progress on a terminal or in a log file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from launch_helpers import ROOT, env, stderr_on_a_terminal, train_cmd
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_last_step_with_nan_scores_is_set_aside_and_resume_starts_before_it(tmp_path):
+    out = tmp_path / "run"
+
+    def train(*overrides):
+        return subprocess.run(train_cmd(out, "--train.eval_every", "0", *overrides, kind="python"), cwd=ROOT, env=env(),
+                              capture_output=True, text=True, timeout=600)
+
+    assert train("--train.max_steps", "1").returncode == 0
+    # Resumed for one more step at lr 1e30: a finite loss, then weights of ~1e30 (finite) whose scores are NaN. The end
+    # of training saved step 2 first: it is set aside and `latest` names step 1 again (keep_checkpoints 1 had not
+    # removed step 1: the last step's tag is pruned only after its evaluations).
+    diverged = train("--train.max_steps", "2", "--train.lr", "1e30", "--train.resume", "true", "--train.keep_checkpoints", "1")
+    assert diverged.returncode == 2 and "Traceback" not in diverged.stderr, diverged.stderr[-2000:]
+    assert diverged.stderr.strip().splitlines()[-1] == (
+        "error: the model's scores are NaN at the evaluation of step 2: the run diverged in its last update (lower "
+        "train.lr, raise train.warmup_steps or set deepspeed.gradient_clipping); its checkpoint is set aside as "
+        f"step2.diverged1; the newest checkpoint is {out / 'checkpoints' / 'step1'}")
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step1"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["step1", "step2.diverged1"]
+    # Resumed at the config's lr, from step 1: it trains step 2 and finishes; keep_checkpoints 1 then leaves step 2 only.
+    finished = train("--train.max_steps", "2", "--train.resume", "true", "--train.keep_checkpoints", "1")
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert json.loads((out / "final_metrics.json").read_text())["step"] == 2
+    assert "train.keep_checkpoints 1: removed checkpoint step1" in finished.stdout
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["step2", "step2.diverged1"]
+
+
+def test_training_shows_a_bar_on_a_terminal_and_step_lines_in_a_log_file(tmp_path):
+    # Rank 0's tqdm bar (step, loss, samples/s, ETA) on a terminal; in a log file (a SLURM output file) a plain line
+    # per log step instead. Before, the bar went into the file too: one line of carriage returns, no step lines.
+    rc, text = stderr_on_a_terminal(train_cmd(tmp_path / "tty", "--train.max_steps", "12", "--train.progress", "true",
+                                              kind="python"), columns=160)
+    assert rc == 0, text[-3000:]
+    assert re.search(r"train: 100%.*12/12 \[[0-9:]+<00:00.*loss=[0-9.]+, lr=.*samples_s=[0-9]+", text), text[-3000:]
+
+    log = tmp_path / "train.log"
+    with open(log, "w") as f:
+        logged = subprocess.run(train_cmd(tmp_path / "file", "--train.max_steps", "12", "--train.progress", "true", kind="python"),
+                                cwd=ROOT, env=env(), stdout=f, stderr=subprocess.STDOUT, timeout=600)
+    text = log.read_text()
+    assert logged.returncode == 0, text[-3000:]
+    assert "\r" not in text and "12/12 [" not in text, text[-3000:]
+    steps = [int(m) for m in re.findall(r"^step (\d+)/12 loss [0-9.]+ samples_s [0-9]+", text, flags=re.M)]
+    assert steps == [5, 10, 12], text[-3000:]
+
+
+def test_ctrl_c_checkpoints_at_the_end_of_the_step_and_a_second_one_stops_at_once(tmp_path):
+    # Before, Ctrl-C was a KeyboardInterrupt traceback (of every rank) and the steps since the last save were lost.
+    from xmtc.stopping import StopSignal
+
+    previous = signal.getsignal(signal.SIGINT)
+    stop = StopSignal()
+    try:
+        stop.install()
+        with pytest.raises(KeyboardInterrupt):  # before the training loop: nothing to save yet
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        stop.in_loop = True
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        assert stop.received == signal.SIGINT
+        os.kill(os.getpid(), signal.SIGTERM)  # the deepspeed launcher's SIGTERM after the Ctrl-C: the first one decides
+        time.sleep(0.1)
+        assert stop.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C: at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(train_cmd(out, "--train.max_steps", "100000", "--train.save_every", "5", kind="python"),
+                            cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step5").exists():
+        assert proc.poll() is None and time.time() < deadline, "training did not reach step 5"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    assert "Traceback" not in stderr and "interrupted: a checkpoint at the end of this step" in stderr, stderr[-2000:]
+    line = next(x for x in stdout.splitlines() if x.startswith("interrupted: checkpoint at step"))
+    step = int(line.split()[4])
+    assert line.endswith("exiting with 130 (continue with --train.resume true)")
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step{step}" and 5 <= step < 100000
+    assert not (out / "final_metrics.json").exists()
+
+
+def test_a_run_whose_output_dir_is_moved_away_stops_and_writes_nothing_more_there(tmp_path):
+    # Before, the run's next writes (train_log.jsonl, metrics, DeepSpeed's save, each making its parents) rebuilt a
+    # partial run directory (no config.json, labels or tokenizer) and the run ended with 0.
+    out, moved = tmp_path / "run", tmp_path / "moved"
+    proc = subprocess.Popen(train_cmd(out, "--train.max_steps", "100000", "--train.log_every", "5", kind="python"),
+                            cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not ((out / "train_log.jsonl").exists() and (out / "train_log.jsonl").read_text().strip()):
+        assert proc.poll() is None and time.time() < deadline, "training did not log step 5"
+        time.sleep(0.1)
+    os.rename(out, moved)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, stdout[-2000:] + stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"error: train.output_dir {re.escape(str(out))} was removed, moved or replaced during training "
+                        r"\(its .xmtc-run.lock is not the one this run holds\): the run stops at step (\d+), before the "
+                        r"log of step \1, and writes nothing more there", last), last
+    assert not out.exists()
+    logged = [json.loads(x)["step"] for x in (moved / "train_log.jsonl").read_text().splitlines()]
+    assert logged and logged == list(range(5, 5 * len(logged) + 1, 5)) and int(re.search(r"step (\d+)", last)[1]) == logged[-1] + 5
+    assert (moved / "config.json").is_file() and not (moved / "final_metrics.json").exists()
+
+
+def test_ctrl_c_before_training_is_one_sentence(tmp_path):
+    # A Ctrl-C while the data loads (the trainer's handler raises KeyboardInterrupt before the loop): one sentence, 130.
+    script = (
+        "import sys; sys.path.insert(0, 'launch'); import train, xmtc.trainer\n"
+        "def interrupted(cfg, local_rank): raise KeyboardInterrupt\n"
+        "xmtc.trainer.train = interrupted\n"
+        "print('rc', train.main(['--config', 'debug_xml_cnn', '--train.output_dir', sys.argv[1]]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], cwd=ROOT, env=env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "rc 130" in proc.stdout, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "error: interrupted (Ctrl-C) without a checkpoint of this step; no checkpoint was written"
+
+
+def test_weights_made_nan_by_the_last_update_are_one_sentence_not_a_checkpoint_and_resume_without_a_checkpoint_says_so(tmp_path):
+    # A finite loss, then an update of lr 1e39 (inf in fp32) made the weights inf and NaN: they were saved as the
+    # checkpoint `latest` names (a resumed run started from them), then the evaluation's FloatingPointError was a traceback.
+    proc = subprocess.run(train_cmd(tmp_path / "nan", "--train.max_steps", "1", "--train.lr", "1e39", kind="python"),
+                          cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: the weights are not finite after the update of step 1 (its loss was finite): the run diverged (lower "
+        "train.lr, raise train.warmup_steps or set deepspeed.gradient_clipping); step 1 was not saved")
+    assert not (tmp_path / "nan" / "checkpoints" / "latest").exists()
+    # train.resume with no checkpoint (a mistyped output_dir) starts afresh, and says so.
+    fresh = subprocess.run(train_cmd(tmp_path / "typo", "--train.max_steps", "2", "--train.resume", "true", kind="python"),
+                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert f"train.resume: no checkpoint in {tmp_path / 'typo' / 'checkpoints'} (no 'latest'); starting from step 0" in fresh.stdout
