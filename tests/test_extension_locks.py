@@ -1,5 +1,6 @@
-"""Stale torch-extension build locks: a rank killed while DeepSpeed JIT-loads its CPU op must not hang
-every later run (xmtc.distributed.stale_extension_locks_cleared, around deepspeed.init_distributed)."""
+"""DeepSpeed's CPU op build: a rank killed while DeepSpeed JIT-loads it must not hang every later run
+(xmtc.distributed.stale_extension_locks_cleared, around deepspeed.init_distributed), and the minute of its first build
+is announced, not silent (xmtc.distributed.shm_op_to_build)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,32 @@ def test_the_watch_thread_imports_nothing(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]", f"the watch thread imported: {proc.stdout.strip()}"
+
+
+def test_the_first_build_of_the_shm_op_is_announced_and_a_built_one_is_not(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from xmtc.distributed import shm_op_to_build
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    where = shm_op_to_build()
+    assert where == tmp_path / "deepspeed_shm_comm"  # CPU DeepSpeed here: the op is compatible and not prebuilt
+    (where / "deepspeed_shm_comm.so").write_bytes(b"")
+    assert shm_op_to_build() is None
+    # setup() says it on stderr before DeepSpeed compiles (init_distributed stands in for the build here).
+    script = (
+        "import sys, deepspeed, xmtc.distributed as d\n"
+        "from xmtc.config import ParallelConfig\n"
+        f"d.shm_op_to_build = lambda: __import__('pathlib').Path({str(tmp_path / 'fresh')!r})\n"
+        "def built(**kw): raise SystemExit(3)\n"
+        "deepspeed.init_distributed = built\n"
+        "d.setup(ParallelConfig(), 'cpu')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")})
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert (f"building DeepSpeed's CPU shared-memory op in {tmp_path / 'fresh'} (once per machine and DeepSpeed version: "
+            "about a minute on a small CPU machine)") in proc.stderr.splitlines()

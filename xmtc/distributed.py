@@ -114,6 +114,9 @@ def setup(parallel: ParallelConfig, device: str = "auto", local_rank_arg: int | 
             rendezvous = tempfile.mkdtemp(prefix="xmtc-rdzv-")
             atexit.register(shutil.rmtree, rendezvous, ignore_errors=True)  # the store removes only its file
             init_method = f"file://{rendezvous}/store"
+        if local_rank == 0 and (build := shm_op_to_build()) is not None:  # one line per machine, not silence
+            print(f"building DeepSpeed's CPU shared-memory op in {build} (once per machine and DeepSpeed version: about a minute "
+                  "on a small CPU machine)", file=sys.stderr, flush=True)
         with stale_extension_locks_cleared():  # DeepSpeed JIT-loads its CPU shared-memory op in here
             deepspeed.init_distributed(
                 dist_backend=backend,
@@ -176,6 +179,25 @@ def _extension_root() -> Path:
     from torch.utils.cpp_extension import get_default_build_root
 
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+
+
+def shm_op_to_build() -> Path | None:
+    """The build directory of DeepSpeed's CPU shared-memory op when `deepspeed.init_distributed` is about to compile it
+    (the op is usable here, not installed prebuilt, and its library is not in torch's extensions directory yet), else
+    None. The build takes 1-2 minutes of a small CPU machine and prints nothing until it ends."""
+    try:
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+        from deepspeed.git_version_info import installed_ops
+        from torch.utils.cpp_extension import _get_build_directory
+
+        builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+        if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False) or installed_ops.get(builder.NAME, False):
+            return None
+        where = Path(_get_build_directory(builder.NAME, verbose=False))
+    except Exception:  # noqa: BLE001 - another DeepSpeed or torch layout: the build goes on unannounced
+        return None
+    return None if (where / f"{builder.NAME}.so").is_file() else where
 
 
 def _working_dirs() -> set[str]:
