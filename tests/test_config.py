@@ -355,9 +355,40 @@ def _check_config_main():
     (["--deepspeed.zero_optimization", '{"stage": 2, "offload_optimizer": {"device": "gpu"}}'],
      "config key 'deepspeed.zero_optimization.offload_optimizer.device' is \"gpu\": DeepSpeed " + version("deepspeed")
      + " refuses it (Input should be 'none', 'cpu' or 'nvme')"),
+    # Keys DeepSpeed reads by name and otherwise ignores: a top-level one, and ones of blocks it reads key by key (they
+    # trained without clipping, profiling or activation partitioning, without a word; a top-level one was found only at
+    # engine start, after the data).
+    (["--deepspeed.gradient_clippin", "1.0"], "config key 'deepspeed.gradient_clippin' is not one DeepSpeed "
+     + version("deepspeed") + " reads: it would be ignored; did you mean 'deepspeed.gradient_clipping'?"),
+    (["--deepspeed.flops_profiler", '{"enabeld": true}'], "config key 'deepspeed.flops_profiler.enabeld' is not one DeepSpeed "
+     + version("deepspeed") + " reads: it would be ignored; did you mean 'deepspeed.flops_profiler.enabled'?"),
+    (["--deepspeed.activation_checkpointing", '{"partition_activationz": true}'], "config key "
+     "'deepspeed.activation_checkpointing.partition_activationz' is not one DeepSpeed " + version("deepspeed")
+     + " reads: it would be ignored; did you mean 'deepspeed.activation_checkpointing.partition_activations'?"),
+    (["--deepspeed.checkpoint", '{"tag_validaton": "Warn"}'], "config key 'deepspeed.checkpoint.tag_validaton' is not one "
+     "DeepSpeed " + version("deepspeed") + " reads: it would be ignored; did you mean 'deepspeed.checkpoint.tag_validation'?"),
 ])
 def test_check_config_refuses_before_a_job_queues(capsys, args, message):
     # launch/slurm/check_config.py runs load_config: these were found only by the ranks, after the job started.
     assert _check_config_main()(["debug_xml_cnn", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: " + message) and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("block", [
+    {"flops_profiler": {"enabled": False, "profile_step": 2, "module_depth": -1, "top_modules": 1, "detailed": True}},
+    {"activation_checkpointing": {"partition_activations": True, "cpu_checkpointing": False, "number_checkpoints": None,
+                                  "contiguous_memory_optimization": False, "synchronize_checkpoint_boundary": False, "profile": False}},
+    {"checkpoint": {"tag_validation": "Warn", "load_universal": False, "use_node_local_storage": False}},
+    {"data_types": {"grad_accum_dtype": "fp32"}},
+    {"optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "betas": [0.9, 0.999]}}},
+    {"scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10}}},
+    {"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}, "offload_optimizer": {"device": "cpu"}, "overlap_comm": True}},
+    {"gradient_clipping": 1.0, "steps_per_print": 100, "wall_clock_breakdown": False, "sequence_parallel_size": 1},
+])
+def test_every_key_deepspeed_reads_passes_the_early_check(block):
+    # The reads check flags a key only when DeepSpeed never looked it up; keys of its pydantic blocks (zero_optimization)
+    # are judged by those, and a key close to none (sequence_parallel_size, read by the engine only) waits for the engine.
+    from xmtc.config_checks import check_deepspeed_schema
+
+    check_deepspeed_schema({"train_micro_batch_size_per_gpu": 4, **block})

@@ -248,9 +248,12 @@ def test_user_errors_exit_2_with_one_sentence(tmp_path):
         (["--config", "debug_xml_cnn", "--deepspeed.zero_optimization", '{"stage": 1, "offload_optimizer": {"device": "cpu", "pinn_memory": true}}'],
          "config key 'deepspeed.zero_optimization.offload_optimizer.pinn_memory' is not one DeepSpeed " + deepspeed_version()
          + " knows; did you mean 'deepspeed.zero_optimization.offload_optimizer.pin_memory'?"),
-        # DeepSpeed ignores a top-level key it does not know: the run would have been ZeRO 0.
+        # DeepSpeed ignores a top-level key it does not know: the run would have been ZeRO 0. Close to a key DeepSpeed's
+        # config reads: at the config's reading; close to none: at engine start, which sees every key the engine reads.
         (["--config", "debug_xml_cnn", "--deepspeed.zero_optimisation", '{"stage": 2}'],
          "reads: it would be ignored; did you mean 'deepspeed.zero_optimization'?"),
+        (["--config", "debug_xml_cnn", "--deepspeed.xyzzy", "1"], "config key 'deepspeed.xyzzy' is not one DeepSpeed "
+         + deepspeed_version() + " reads: it would be ignored"),
         # A removed feature: DeepSpeed's own error class, not a ValueError.
         (["--config", "debug_xml_cnn", "--deepspeed.nebula", '{"enabled": true}'],
          "DeepSpeed refused the config's deepspeed section: Nebula checkpointing has been removed"),

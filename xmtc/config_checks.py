@@ -4,6 +4,8 @@ choices are checked while reading (xmtc.config); the deepspeed section's blocks 
 
 from __future__ import annotations
 
+import collections.abc
+
 import json
 import math
 from typing import TYPE_CHECKING
@@ -308,6 +310,92 @@ def check_deepspeed_schema(deepspeed_section: dict) -> None:
             raise ConfigError(deepspeed_schema_sentence(e, key, deepspeed.__version__)) from None
         except Exception:  # noqa: BLE001 - a check that needs the rest of the section or the machine: at engine start
             continue
+    check_deepspeed_reads(deepspeed_section, base)
+
+
+class KeysRead(dict):
+    """A dict that remembers which of its keys were looked up (by `[]`, `in`, `in .keys()`, get, pop, setdefault)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read: set = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def keys(self):
+        return _ReadKeys(self)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def pop(self, key, *default):
+        self.read.add(key)
+        return super().pop(key, *default)
+
+    def setdefault(self, key, default=None):
+        self.read.add(key)
+        return super().setdefault(key, default)
+
+
+class _ReadKeys(collections.abc.KeysView):
+    """`KeysRead.keys()`: DeepSpeed asks `KEY in config.keys()` before it reads an optional block."""
+
+    def __contains__(self, key):
+        return key in self._mapping
+
+
+def unread_key_sentence(path: str, key: str, read, version: str, only_if_close: bool = False) -> str | None:
+    """The sentence for key `key` of the deepspeed section (in block `path`, "" for the top level) that DeepSpeed never
+    looked up, naming the closest key it did look up (difflib's); None when `only_if_close` and none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(k for k in read if isinstance(k, str)), n=1)
+    if only_if_close and not close:
+        return None
+    where = f"{path}." if path else ""
+    return (f"config key 'deepspeed.{where}{key}' is not one DeepSpeed {version} reads: it would be ignored"
+            + (f"; did you mean 'deepspeed.{where}{close[0]}'?" if close else ""))
+
+
+def check_deepspeed_reads(deepspeed_section: dict, base: dict) -> None:
+    """Misspelled keys that DeepSpeed would ignore, said when the config is read: it reads its top-level keys and its
+    dict-read blocks (flops_profiler, activation_checkpointing, checkpoint, data_types, ...) by name and ignores the
+    others, so a key it does not look up while building its config, close to one it does (`gradient_clippin`,
+    `flops_profiler.enabeld`), is refused. Blocks that its pydantic models validate are judged by those (above);
+    a key close to none is left to the trainer's check at engine start, which sees every key the engine reads."""
+    import deepspeed
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    def pydantic_checked(key: str, block: dict) -> bool:
+        try:
+            DeepSpeedConfig({**base, key: {**block, "xmtc_probe_key": 0}})
+        except Exception:  # noqa: BLE001 - refused an unknown key (or the block needs more): not a dict-read block
+            return True
+        return False
+
+    section = KeysRead({**base, **{k: (KeysRead(v) if isinstance(v, dict) and not pydantic_checked(k, v) else v)
+                                   for k, v in deepspeed_section.items() if k not in BATCH_KEYS}})
+    try:
+        DeepSpeedConfig(section)
+    except Exception:  # noqa: BLE001 - judged at engine start (the per-block checks above said the schema errors)
+        return
+    for key, value in section.items():
+        if key in BATCH_KEYS:
+            continue
+        if key not in section.read:
+            if (sentence := unread_key_sentence("", key, section.read, deepspeed.__version__, True)) is not None:
+                raise ConfigError(sentence)
+        elif isinstance(value, KeysRead) and value.read:  # a block read key by key: the keys it did not look up
+            for sub in value:
+                if sub not in value.read and (sentence := unread_key_sentence(key, sub, value.read, deepspeed.__version__, True)):
+                    raise ConfigError(sentence)
 
 
 def deepspeed_schema_sentence(e, key: str, version: str) -> str:

@@ -43,7 +43,7 @@ from xmtc import ops
 from xmtc.checkpoint import (BEST_FILE, CORPUS_FILE, check_corpus_matches_run, corpus_record, keep_metrics_through, prune_step_tags, read_best,
                              set_aside_run, set_aside_tag)
 from xmtc.config import LOWER_IS_BETTER, Config, ConfigError, UserError
-from xmtc.config_checks import check_monitor_packages, check_precision, precision_blocks
+from xmtc.config_checks import KeysRead, check_monitor_packages, check_precision, precision_blocks, unread_key_sentence
 from xmtc.data import TrainBatchSampler, collate, load_corpus, whole_train_token_ids
 from xmtc.distributed import DistInfo, all_reduce_max, all_reduce_sum, from_main, print0, setup
 from xmtc.evaluation import evaluate, move
@@ -106,34 +106,6 @@ def model_mismatch(saved_config: Path, cfg: Config, ckpt_dir: Path, error: str) 
             f"builds ({detail}); resume with the settings it trained with ({saved_config})")
 
 
-class _KeysRead(dict):
-    """A dict that remembers which of its keys were looked up."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.read: set = set()
-
-    def __getitem__(self, key):
-        self.read.add(key)
-        return super().__getitem__(key)
-
-    def __contains__(self, key):
-        self.read.add(key)
-        return super().__contains__(key)
-
-    def get(self, key, default=None):
-        self.read.add(key)
-        return super().get(key, default)
-
-    def pop(self, key, *default):
-        self.read.add(key)
-        return super().pop(key, *default)
-
-    def setdefault(self, key, default=None):
-        self.read.add(key)
-        return super().setdefault(key, default)
-
-
 def initialize_deepspeed(ds_config: dict, **kwargs):
     """`deepspeed.initialize(config=ds_config, **kwargs)`'s engine; what is wrong with the config in one sentence.
 
@@ -142,12 +114,10 @@ def initialize_deepspeed(ds_config: dict, **kwargs):
     a key it never looked up while initialising is one it ignores, and is refused here, with the
     closest key it did look up.
     """
-    import difflib
-
     import deepspeed
     from deepspeed.runtime.config import DeepSpeedConfigError
 
-    config = _KeysRead(ds_config)
+    config = KeysRead(ds_config)
     try:
         engine, _, _, _ = deepspeed.initialize(config=config, dist_init_required=False, **kwargs)
     except (ValueError, TypeError, DeepSpeedConfigError) as e:  # its config models (pydantic errors are ValueErrors)
@@ -160,10 +130,7 @@ def initialize_deepspeed(ds_config: dict, **kwargs):
     engine.config = plain
     for key in ds_config:
         if key not in config.read:
-            close = difflib.get_close_matches(key, sorted(k for k in config.read if isinstance(k, str)), n=1)
-            hint = f"; did you mean 'deepspeed.{close[0]}'?" if close else ""
-            raise ConfigError(f"config key 'deepspeed.{key}' is not one DeepSpeed {deepspeed.__version__} reads: "
-                              f"it would be ignored{hint}")
+            raise ConfigError(unread_key_sentence("", key, config.read, deepspeed.__version__))
     return engine
 
 
