@@ -371,3 +371,33 @@ def test_evaluate_of_other_files_refuses_no_documents_and_says_what_it_dropped(t
     assert f"{tmp_path / 't.txt'}: skipped 1 document(s) (empty 1)" in proc.stderr
     assert (f"{tmp_path / 'l.txt'}: dropped 2 occurrence(s) of labels the run never saw in training "
             "(1 document(s) left without labels, still counted)") in proc.stderr
+
+
+def test_an_output_dir_that_is_not_one_directory_for_all_ranks_stops_before_the_data(tmp_path):
+    # Two ranks as srun starts them on two nodes, each in its own working directory with a relative output_dir (as a
+    # node-local /tmp would be): each wrote its own run directory; node 1's checkpoint shards and `latest` were apart
+    # from node 0's, and a resume hung or started over.
+    import socket
+
+    from xmtc.distributed import free_port
+
+    port, dirs = str(free_port()), [tmp_path / "node0", tmp_path / "node1"]
+    procs = []
+    for rank, cwd in enumerate(dirs):
+        cwd.mkdir()
+        e = {**env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": port, "PYTHONPATH": str(ROOT)}
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "launch" / "train.py"), "--config", "debug_xml_cnn",
+                                       "--train.output_dir", "run", "--data.cache_dir", str(tmp_path / "cache"),
+                                       "--train.max_steps", "2"], cwd=cwd, env=e, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert [rc for rc, _, _ in results] == [2, 2], results
+    errors = [line for _, out, err in results for line in (out + err).splitlines() if "error: " in line]
+    host = socket.gethostname()
+    assert errors == [
+        f"error: config key 'train.output_dir' (run) is not one directory for all ranks: rank 1 on {host} does not see the file "
+        f"rank 0 on {host} wrote into . (looked for 0 s); a node-local path (/tmp, a node's scratch disk) or a relative path "
+        "from different working directories gives ranks different directories: use an absolute path on a filesystem every "
+        "node mounts"], results
+    assert [sorted(p.name for p in d.iterdir()) for d in dirs] == [[], []]  # no run directory, no probe left

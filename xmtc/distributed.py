@@ -430,6 +430,66 @@ def from_main(obj, device: torch.device):
     return box[0]
 
 
+SHARED_WAIT_S = 60.0
+"""How long a rank on another host looks for rank 0's probe (XMTC_SHARED_WAIT_S): an NFS client may keep a stale
+view of a directory for its attribute-cache time (acdirmax, 60 s by default)."""
+
+
+def check_same_directory(path: str | Path, key: str, device: torch.device) -> None:
+    """ConfigError on every rank (said once) when `path` is not one directory for all ranks: rank 0 writes a probe
+    file into the deepest directory of `path` that exists, every rank looks for it there by its own view of `path`
+    (ranks on another host for up to XMTC_SHARED_WAIT_S seconds), and rank 0 removes it. A node-local path (/tmp, a
+    node's scratch disk) or a relative one from different working directories gave every node its own run directory:
+    checkpoints split across nodes, a `latest` that only node 0 has, and a resume that hangs or starts over."""
+    import uuid
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    path = where = Path(path)
+    missing = 0  # levels of `path` that do not exist yet (rank 0's view); every rank goes up as many
+    if dist.get_rank() == 0:
+        while not where.exists() and where != where.parent:
+            where, missing = where.parent, missing + 1
+    home = socket.gethostname()
+    probe_name, missing, host0 = from_main((f".xmtc-shared-{uuid.uuid4().hex}", missing, home), device)
+    where = path
+    for _ in range(missing):
+        where = where.parent
+    probe = where / probe_name
+    wrote = False
+    if dist.get_rank() == 0:
+        try:
+            with open(probe, "x") as f:
+                f.write(probe_name)
+                f.flush()
+                os.fsync(f.fileno())
+            wrote = True
+        except OSError:  # not writable: the run's own writes there will say so, with their reason
+            pass
+    wrote = from_main(wrote, device)
+    seen, waited = True, 0.0
+    if wrote and dist.get_rank() != 0:
+        wait_s = float(os.environ.get("XMTC_SHARED_WAIT_S", SHARED_WAIT_S)) if home != host0 else 0.0
+        started = time.monotonic()
+        while not (seen := probe.is_file()) and time.monotonic() - started < wait_s:
+            time.sleep(0.5)
+        waited = time.monotonic() - started
+    views = [None] * dist.get_world_size()
+    dist.all_gather_object(views, (dist.get_rank(), home, seen, waited))
+    if dist.get_rank() == 0 and wrote:
+        probe.unlink(missing_ok=True)
+    blind = [v for v in views if not v[2]]
+    if blind:
+        rank, host, _, waited = blind[0]
+        others = f" (and {len(blind) - 1} other rank{'s' if len(blind) > 2 else ''})" if len(blind) > 1 else ""
+        raise ConfigError(
+            f"config key '{key}' ({path}) is not one directory for all ranks: rank {rank} on {host}{others} does not see the "
+            f"file rank 0 on {host0} wrote into {where} (looked for {waited:.0f} s); a node-local path (/tmp, a node's "
+            "scratch disk) or a relative path from different working directories gives ranks different directories: "
+            "use an absolute path on a filesystem every node mounts"
+        )
+
+
 def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return t

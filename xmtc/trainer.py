@@ -45,7 +45,7 @@ from xmtc.checkpoint import (BEST_FILE, CORPUS_FILE, check_corpus_matches_run, c
 from xmtc.config import LOWER_IS_BETTER, Config, ConfigError, UserError
 from xmtc.config_checks import KeysRead, check_monitor_packages, check_precision, precision_blocks, unread_key_sentence
 from xmtc.data import TrainBatchSampler, collate, load_corpus, whole_train_token_ids
-from xmtc.distributed import DistInfo, all_reduce_max, all_reduce_sum, from_main, print0, setup
+from xmtc.distributed import DistInfo, all_reduce_max, all_reduce_sum, check_same_directory, from_main, print0, setup
 from xmtc.evaluation import evaluate, move
 from xmtc.io import append_jsonl, atomic_write_json, atomic_write_text
 from xmtc.metrics import format_table
@@ -223,6 +223,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
                           "(or TRITON_INTERPRET=1 to interpret the kernels, slowly)")
     out = Path(cfg.train.output_dir)
     ckpt_dir = out / "checkpoints"
+    check_same_directory(out, "train.output_dir", dist_info.device)  # one run directory, not one per node
     claim_output_dir(lock, dist_info, take=False)  # before minutes of reading data and building the model
 
     corpus = load_corpus(cfg.data, cfg.synthetic)
