@@ -177,10 +177,6 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
         f" (synthetic.num_labels: give --num-labels for the {cfg.data.format} data)"
     out = [report.parameter_table(rows, f"{name}: {cfg.model.name}, {shape.num_labels:,} labels{source}, parameters "
                                         "per layer (meta device)"), "", report.layout_table(predictions)]
-    if cfg.grad_accum > 1:  # measured on debug_xml_cnn, fp32 CPU, 2 micro-batches per step (docs/memory.md)
-        out.append(f"note: gradient_accumulation_steps is {cfg.grad_accum}; the rows are one micro-batch's. Gradients "
-                   "(ZeRO-1/2: grads_in_partition and the reduce bucket) stay allocated between micro-batches and "
-                   "are not counted: measured peaks ran 5-7% above these (the forward up to 65%)")
     estimates = report.estimator_table(predictions)
     if estimates:
         out += ["", estimates]

@@ -147,7 +147,7 @@ def predict(shape: ModelShape, layout: Layout) -> Prediction:
         params, stage=layout.zero_stage, dtype=layout.dtype, dp=dp, device=layout.device,
         zero=dict(cfg.deepspeed.get("zero_optimization", {})), optimizer=optimizer, client_optimizer=client,
         output_numel=output, fused=cfg.model.name == "xml_cnn" and cfg.xml_cnn.loss == "fused",
-        first_layer=params[0].numel)
+        first_layer=params[0].numel, grad_accum=cfg.grad_accum)
     if cfg.model.name == "sgm":
         items += activations.sgm_items(cfg, layout.micro_batch, shape.num_labels, layout.label_shards,
                                        layout.dtype, layout.device, shape.target_len or cfg.sgm.max_decode_len + 1)

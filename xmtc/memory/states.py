@@ -138,7 +138,7 @@ def adam_scratch(groups: list[list[int]], device: str) -> tuple[int, str]:
 
 def model_state_items(params: list[Param], *, stage: int, dtype: str, dp: int, device: str,
                       zero: dict, optimizer: str, client_optimizer: bool, output_numel: int,
-                      fused: bool, first_layer: int) -> list[Item]:
+                      fused: bool, first_layer: int, grad_accum: int = 1) -> list[Item]:
     """Line items of weights, gradients, optimizer state and DeepSpeed's buffers on the worst rank.
 
     Phases (xmtc.memory.plan): "persistent"; "forward" (its "forward:loss" moment holds what the
@@ -147,7 +147,8 @@ def model_state_items(params: list[Param], *, stage: int, dtype: str, dp: int, d
     "reduce" (DeepSpeed's reduction that ends engine.backward); "step". `output_numel`: elements
     of the output layer on this rank, whose gradient the fused loss writes during the forward
     (`fused`) or the backward makes first ("backward:loss"). `first_layer`: elements of the input
-    embedding, whose gradient the backward makes last.
+    embedding, whose gradient the backward makes last. `grad_accum` > 1: what the step's earlier
+    micro-batches leave for the next one (`accumulated`, below).
     """
     b = 2 if dtype == "bf16" else 4
     P = sum(p.numel for p in params)
@@ -170,6 +171,25 @@ def model_state_items(params: list[Param], *, stage: int, dtype: str, dp: int, d
         for phase in phases.split():
             items.append(Item(component, what, int(nbytes), phase, formula))
 
+    def accumulated(stage: int, overlap: int) -> None:
+        """gradient_accumulation_steps > 1: a micro-batch after the step's first meets the gradients of the earlier ones
+        (measured with debug_xml_cnn, fp32, 1 and 2 CPU ranks, 2 micro-batches, docs/memory.md): ZeRO-0/1 keep every
+        gradient (and ZeRO-1 its reduce bucket) into the next forward, and the embedding's is there before the backward
+        makes it; ZeRO-2 keeps grads_in_partition through forward and backward, and its reduction then holds a buffer
+        of that size more (measured as a temporary); ZeRO-3's gradient partitions are persistent already."""
+        if grad_accum <= 1 or stage == 3:
+            return
+        if stage in (0, 1):
+            add("grads", "gradients of the step's earlier micro-batches", b * P, "forward", f"{b} P")
+            add("grads", "input embedding's gradient (of the earlier micro-batches)", b * first_layer, "backward:early", f"{b} n_emb")
+            if stage == 1:
+                add("temporaries", "reduce bucket (kept from the earlier micro-batches)", b * bucket, "forward", f"{b} reduce_bucket_size")
+        else:
+            add("grads", "grads_in_partition (of the earlier micro-batches)", b * overlap, "forward backward",
+                f"{b} x params overlapping the partition")
+            add("temporaries", "a grads_in_partition-sized buffer as the reduction adds this micro-batch in", b * overlap,
+                "reduce", f"{b} x params overlapping the partition")
+
     if output_numel:
         add("grads", "output-layer gradient" + (" (written by the fused loss)" if fused else ""), b * output_numel,
             "forward:loss" if fused else "backward:loss", f"{b} L_k (H + 1)")
@@ -185,11 +205,13 @@ def model_state_items(params: list[Param], *, stage: int, dtype: str, dp: int, d
             add("temporaries", "fp32 copies of the gradients", 4 * P, "step", "4 P")
         scratch, formula = step_scratch([[p.numel for p in g] for g in groups])
         add("temporaries", "optimizer step scratch", scratch, "step", formula)
+        accumulated(0, 0)
         return items
 
     if stage in (1, 2):
         flats, parts, overlap = zero12_layout(groups, dp)
         part, big = sum(parts), max(parts)
+        accumulated(stage, overlap)
         add("weights", "flat weights", b * sum(flats), "persistent", f"{b} P (padded to 2D)")
         add("optimizer", "fp32 master partition", 4 * part, "persistent", "4 P / D")
         add("optimizer", "optimizer moments (partition)", moments * part, "persistent", f"{moments} P / D")
