@@ -44,7 +44,7 @@ from xmtc.checkpoint import (BEST_FILE, CORPUS_FILE, check_corpus_matches_run, c
                              set_aside_run, set_aside_tag)
 from xmtc.config import LOWER_IS_BETTER, Config, ConfigError, UserError
 from xmtc.config_checks import KeysRead, check_monitor_packages, check_precision, precision_blocks, unread_key_sentence
-from xmtc.data import TrainBatchSampler, collate, load_corpus, whole_train_token_ids
+from xmtc.data import TrainBatchSampler, collate, load_corpus, stats_summary, whole_train_token_ids
 from xmtc.distributed import DistInfo, all_reduce_max, all_reduce_sum, check_same_directory, from_main, print0, setup
 from xmtc.evaluation import evaluate, move
 from xmtc.io import append_jsonl, atomic_write_json, atomic_write_text
@@ -233,7 +233,7 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
     if dist_info.is_main:
         print0(
             f"data: {len(corpus.train)} train / {len(corpus.valid) if corpus.valid is not None else 0} valid / "
-            f"{len(corpus.test)} test documents, {corpus.num_labels} labels, vocabulary {corpus.vocab_size}; {corpus.stats}"
+            f"{len(corpus.test)} test documents, {corpus.num_labels} labels, vocabulary {corpus.vocab_size}; {stats_summary(corpus.stats)}"
         )
     select = cfg.train.select_metric
     if select and corpus.valid is None:

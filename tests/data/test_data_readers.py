@@ -45,6 +45,14 @@ def test_truncation_to_max_len(small_xmtc, make_cfg):
     corpus = load_corpus(make_cfg(format="xmtc_text", path=str(small_xmtc), max_len=2), SyntheticConfig())
     assert corpus.train["input_ids"] == [[2, 3], [3, 4], [2, 5]]
     assert corpus.stats["train_truncated"] == 1 and corpus.stats["train_tokens"] == 6
+    # The trainer's data line: tokens, the unknown share, and only the counts that are not zero (it printed the whole
+    # dict, two dozen keys of zeros).
+    from xmtc.data import stats_summary
+
+    test_tokens = corpus.stats["test_tokens"]
+    assert stats_summary(corpus.stats) == (
+        "train 6 tokens (0.0% unknown), 1 documents truncated at data.max_len, 1 repeated labels removed; "
+        f"test {test_tokens} tokens ({100 / test_tokens:.1f}% unknown)")
 
 
 def test_min_count_and_vocab_size(small_xmtc, make_cfg):

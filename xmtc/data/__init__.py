@@ -12,7 +12,7 @@ Prediction on a plain texts file: `texts, lines = read_texts(path, bad_lines)`, 
 """
 
 from xmtc.data.batching import TrainBatchSampler, collate, eval_range
-from xmtc.data.loader import Corpus, encode_labeled_files, encode_texts, load_corpus, whole_train_token_ids
+from xmtc.data.loader import Corpus, encode_labeled_files, encode_texts, load_corpus, stats_summary, whole_train_token_ids
 from xmtc.data.readers import read_texts
 from xmtc.data.synthetic import generate_synthetic
 from xmtc.data.tokenizer import load_tokenizer
@@ -29,4 +29,5 @@ __all__ = [
     "whole_train_token_ids",
     "load_tokenizer",
     "read_texts",
+    "stats_summary",
 ]

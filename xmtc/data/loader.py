@@ -394,6 +394,31 @@ def whole_train_token_ids(corpus: Corpus, data: DataConfig, synth: SyntheticConf
         yield from corpus.tokenizer.encode_batch(texts[lo : lo + ENCODE_CHUNK])
 
 
+STAT_WORDS = {
+    "truncated": "documents truncated at data.max_len", "docs_without_tokens": "documents without a token",
+    "duplicate_labels": "repeated labels removed", "unseen_labels_dropped": "occurrences of labels unseen in training dropped",
+    "docs_without_labels": "documents left without labels", "skipped_empty": "empty documents skipped",
+    "skipped_no_labels": "documents without labels skipped", "skipped_undecodable": "lines not UTF-8 skipped",
+    "skipped_malformed": "malformed lines skipped",
+}
+"""What `stats_summary` says of each per-split count that is not zero (the module docstring defines them)."""
+
+
+def stats_summary(stats: dict) -> str:
+    """`Corpus.stats` in a line: each split's tokens and unknown share, then only the counts that are not zero."""
+    parts = []
+    for s in SPLITS:
+        if f"{s}_docs" not in stats:
+            continue
+        tokens, unknown = stats.get(f"{s}_tokens", 0), stats.get(f"{s}_unk_tokens", 0)
+        words = [f"{tokens:,} tokens ({100 * unknown / max(tokens, 1):.1f}% unknown)"]
+        words += [f"{stats[f'{s}_{key}']:,} {what}" for key, what in STAT_WORDS.items() if stats.get(f"{s}_{key}")]
+        parts.append(f"{s} " + ", ".join(words))
+    if stats.get("valid_held_out_of_train"):
+        parts.append(f"valid: {stats['valid_held_out_of_train']:,} documents held out of train (data.valid_fraction)")
+    return "; ".join(parts)
+
+
 def load_corpus(data: DataConfig, synth: SyntheticConfig, log: Callable[[str], None] | None = None) -> Corpus:
     """The corpus the config describes, from the cache when it was built before (see the module docstring)."""
     started = time.perf_counter()
