@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from data_helpers import TEST_LABELS, TEST_TEXTS, TRAIN_LABELS, TRAIN_TEXTS, write_lines, write_xmtc
 
-from xmtc.config import DataError, SyntheticConfig
+from xmtc.config import ConfigError, DataError, SyntheticConfig
 from xmtc.data import load_corpus
 
 # Labels: a in 3 training docs, b and c in 1 each (tie broken by name) -> a=0, b=1, c=2.
@@ -124,9 +125,29 @@ def test_hub_from_local_directory(tmp_path, make_cfg, monkeypatch):
         load_corpus(make_cfg(format="hub", hub_name=str(root), test_split="validation"), SyntheticConfig())
 
 
-def test_hub_unknown_dataset(tmp_path, make_cfg):
-    with pytest.raises(DataError, match=f"Hub dataset '{tmp_path}/nothing' could not be loaded"):
-        load_corpus(make_cfg(format="hub", hub_name=str(tmp_path / "nothing")), SyntheticConfig())
+def test_hub_unknown_dataset(tmp_path, make_cfg, monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    # Offline (read when the libraries are imported, so set on them): the Hub's answer without a network, at once.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(DataError, match="Hub dataset 'xmtc-nobody/nothing' could not be loaded .*check the name and network"):
+        load_corpus(make_cfg(format="hub", hub_name="xmtc-nobody/nothing"), SyntheticConfig())
+
+
+def test_hub_name_that_is_a_missing_path_is_a_config_error_naming_it(tmp_path, make_cfg):
+    # A local directory's name mistyped was asked of the Hub, and its failure said "check the name and network".
+    (tmp_path / "my_dataset").mkdir()
+    with pytest.raises(ConfigError, match=re.escape(f"config key 'data.hub_name' is the path {tmp_path}/my_dataest, but there is no "
+                                                    f"directory {tmp_path}/my_dataest; did you mean {tmp_path}/my_dataset?")):
+        load_corpus(make_cfg(format="hub", hub_name=str(tmp_path / "my_dataest")), SyntheticConfig())
+    with pytest.raises(ConfigError, match=re.escape(f"there is no directory {tmp_path}/a/b ({tmp_path} is the nearest one that exists)")):
+        load_corpus(make_cfg(format="hub", hub_name=str(tmp_path / "a" / "b")), SyntheticConfig())
+    (tmp_path / "t.jsonl").write_text("{}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"config key 'data.hub_name' is {tmp_path}/t.jsonl, a file;")):
+        load_corpus(make_cfg(format="hub", hub_name=str(tmp_path / "t.jsonl")), SyntheticConfig())
 
 
 def test_sgm(tmp_path, make_cfg):

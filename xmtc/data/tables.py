@@ -337,6 +337,26 @@ def local_hub_files(hub_name: str) -> list[Path] | None:
     return sorted(p for p in root.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(root).parts))
 
 
+def check_hub_path(hub_name: str) -> None:
+    """ConfigError when `hub_name` is a path (it starts with /, ./, ../ or ~, or has more parts than a Hub name's
+    owner/name) that names no directory: `datasets` would be asked for it on the Hub, and its failure read as a
+    network or Hub problem."""
+    path = Path(hub_name).expanduser()
+    if not (hub_name.startswith(("/", "./", "../", "~")) or hub_name.count("/") > 1) or path.is_dir():
+        return
+    if path.exists():
+        raise ConfigError(f"config key 'data.hub_name' is {hub_name}, a file; it takes a Hub name (owner/name) or a directory "
+                          'of data files (one table file: data.format "table" with data.train_file/test_file)')
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    import difflib
+
+    near = difflib.get_close_matches(path.name, sorted(p.name for p in parent.iterdir() if p.is_dir()), n=1) if parent == path.parent else []
+    raise ConfigError(f"config key 'data.hub_name' is the path {hub_name}, but there is no directory {path.absolute()}"
+                      + (f"; did you mean {parent / near[0]}?" if near else f" ({parent.absolute()} is the nearest one that exists)"))
+
+
 def load_hub(hub_name: str, hub_config: str, cache_dir: str | None = None) -> Any:
     """The Hub dataset (a DatasetDict); a local directory of data files also works (offline).
     `cache_dir`: where `datasets` converts it (default: its own cache, keyed by path and modification time)."""
@@ -344,6 +364,7 @@ def load_hub(hub_name: str, hub_config: str, cache_dir: str | None = None) -> An
 
     if not hub_name:
         raise ConfigError('config key \'data.hub_name\' is empty; the "hub" format needs a dataset name')
+    check_hub_path(hub_name)
     try:
         return load_dataset(hub_name, hub_config or None, cache_dir=cache_dir)
     except Exception as e:  # network, missing dataset, bad config name: all user-facing
