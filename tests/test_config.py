@@ -300,6 +300,8 @@ def test_override_integers_with_underscores_are_integers():
     ({"data": {"cache_dir": " "}}, "config key 'data.cache_dir' is empty; give a directory"),
     # the deepspeed section's blocks the trainer reads
     ({"deepspeed": {"gradient_clipping": float("nan")}}, "config key 'deepspeed.gradient_clipping' must be a number >= 0 (0 = off), got nan"),
+    ({"deepspeed": {"checkpoint": {"use_node_local_storage": True}}}, "config key 'deepspeed.checkpoint.use_node_local_storage' "
+     "is true, but a run's checkpoints live in train.output_dir, one directory every rank shares; leave it false"),
     ({"deepspeed": {"gradient_clipping": float("inf")}}, "config key 'deepspeed.gradient_clipping' must be a number >= 0 (0 = off), got inf"),
     ({"deepspeed": {"zero_optimization": {"stage": 2.0}}}, "config key 'deepspeed.zero_optimization.stage' must be 0, 1, 2 or 3, got 2.0"),
     ({"deepspeed": {"zero_optimization": {"stage": True}}}, "config key 'deepspeed.zero_optimization.stage' must be 0, 1, 2 or 3, got true"),

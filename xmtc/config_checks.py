@@ -109,6 +109,11 @@ def check_values(cfg: Config) -> None:
     clip = cfg.deepspeed.get("gradient_clipping", 0.0)
     if not isinstance(clip, (int, float)) or isinstance(clip, bool) or not 0 <= clip < math.inf:
         raise ConfigError(f"config key 'deepspeed.gradient_clipping' must be a number >= 0 (0 = off), got {clip!r}")
+    if isinstance(cfg.deepspeed.get("checkpoint"), dict) and cfg.deepspeed["checkpoint"].get("use_node_local_storage"):
+        # DeepSpeed then names checkpoint files by the local rank: on the one directory every rank shares (checked at
+        # start), the ranks of different nodes would write the same files.
+        raise ConfigError("config key 'deepspeed.checkpoint.use_node_local_storage' is true, but a run's checkpoints live in "
+                          "train.output_dir, one directory every rank shares; leave it false")
     for block in ("zero_optimization", "bf16", "bfloat16", "fp16"):
         if block in cfg.deepspeed and not isinstance(cfg.deepspeed[block], dict):
             example = '{"stage": 2}' if block == "zero_optimization" else '{"enabled": true}'
