@@ -5,7 +5,6 @@ choices are checked while reading (xmtc.config); the deepspeed section's blocks 
 from __future__ import annotations
 
 import collections.abc
-
 import json
 import math
 from typing import TYPE_CHECKING

@@ -184,7 +184,7 @@ def _extension_root() -> Path:
 def shm_op_to_build() -> Path | None:
     """The build directory of DeepSpeed's CPU shared-memory op when `deepspeed.init_distributed` is about to compile it
     (the op is usable here, not installed prebuilt, and its library is not in torch's extensions directory yet), else
-    None. The build takes 1-2 minutes of a small CPU machine and prints nothing until it ends."""
+    None. The build takes about a minute of a small CPU machine and prints nothing until it ends."""
     try:
         import deepspeed
         from deepspeed.accelerator import get_accelerator
