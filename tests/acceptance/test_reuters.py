@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from launch_helpers import ROOT, env
+
 DATA = ROOT.parent / "shared" / "data" / "reuters21578"
 RESULTS = ROOT / "runs" / "acceptance"
 
@@ -26,13 +27,6 @@ pytestmark = [
     pytest.mark.acceptance,
     pytest.mark.skipif(not DATA.is_dir(), reason=f"Reuters-21578 is not at {DATA} (../shared beside the checkout)"),
 ]
-
-
-def env() -> dict:
-    e = dict(os.environ)
-    e.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
-    e["PYTHONUNBUFFERED"] = "1"
-    return e
 
 
 def machine() -> dict:

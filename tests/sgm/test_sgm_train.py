@@ -4,7 +4,6 @@ and a 2-rank label-sharded run against the same run unsharded on one process."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -12,17 +11,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from launch_helpers import ROOT, env
+
 pytestmark = pytest.mark.slow
-
-
-def env() -> dict:
-    e = dict(os.environ)
-    e.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
-    e["PYTHONUNBUFFERED"] = "1"
-    e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
-    return e
 
 
 def train(out: Path, *overrides: str, processes: int = 2, config: str = "debug_sgm") -> dict:
