@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from launch_helpers import ROOT, env
 
 from xmtc.checkpoint import check_corpus_matches_run, checkpoint_used, keep_metrics_through, prune_step_tags
@@ -373,27 +375,38 @@ def test_evaluate_of_other_files_refuses_no_documents_and_says_what_it_dropped(t
             "(1 document(s) left without labels, still counted)") in proc.stderr
 
 
-def test_an_output_dir_that_is_not_one_directory_for_all_ranks_stops_before_the_data(tmp_path):
-    # Two ranks as srun starts them on two nodes, each in its own working directory with a relative output_dir (as a
-    # node-local /tmp would be): each wrote its own run directory; node 1's checkpoint shards and `latest` were apart
-    # from node 0's, and a resume hung or started over.
-    import socket
+def _can_rename_host() -> bool:
+    return subprocess.run(["unshare", "-u", "hostname", "xmtc-other-host"], capture_output=True).returncode == 0
 
+
+def two_ranks(cwds: list[Path], tmp_path: Path, other_host: bool = False) -> list[tuple[int, str]]:
+    """(exit code, stdout + stderr) of 2 ranks started as srun starts them, each in its working directory, with the
+    relative output_dir "run"; `other_host`: rank 1 in a UTS namespace of its own, as on another node (same files)."""
     from xmtc.distributed import free_port
 
-    port, dirs = str(free_port()), [tmp_path / "node0", tmp_path / "node1"]
-    procs = []
-    for rank, cwd in enumerate(dirs):
-        cwd.mkdir()
+    port, procs = str(free_port()), []
+    for rank, cwd in enumerate(cwds):
+        cwd.mkdir(exist_ok=True)
         e = {**env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-             "MASTER_PORT": port, "PYTHONPATH": str(ROOT)}
-        procs.append(subprocess.Popen([sys.executable, str(ROOT / "launch" / "train.py"), "--config", "debug_xml_cnn",
-                                       "--train.output_dir", "run", "--data.cache_dir", str(tmp_path / "cache"),
-                                       "--train.max_steps", "2"], cwd=cwd, env=e, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
-    assert [rc for rc, _, _ in results] == [2, 2], results
-    errors = [line for _, out, err in results for line in (out + err).splitlines() if "error: " in line]
+             "MASTER_PORT": port, "PYTHONPATH": str(ROOT), "XMTC_SHARED_WAIT_S": "2", "GLOO_SOCKET_IFNAME": "lo"}
+        cmd = [sys.executable, str(ROOT / "launch" / "train.py"), "--config", "debug_xml_cnn", "--train.output_dir", "run",
+               "--data.cache_dir", str(tmp_path / "cache"), "--train.max_steps", "2"]
+        if other_host and rank == 1:
+            cmd = ["unshare", "-u", "sh", "-c", 'hostname xmtc-other-host && exec "$0" "$@"', *cmd]
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return [(p.wait(timeout=300), p.stdout.read()) for p in procs]
+
+
+def test_an_output_dir_that_is_not_one_directory_for_all_ranks_stops_before_the_data(tmp_path):
+    # Two ranks, each in its own working directory with a relative output_dir (as a node-local /tmp would be): each
+    # wrote its own run directory; node 1's checkpoint shards and `latest` were apart from node 0's, and a resume hung
+    # or started over.
+    import socket
+
+    dirs = [tmp_path / "node0", tmp_path / "node1"]
+    results = two_ranks(dirs, tmp_path)
+    assert [rc for rc, _ in results] == [2, 2], results
+    errors = [line for _, out in results for line in out.splitlines() if "error: " in line]
     host = socket.gethostname()
     assert errors == [
         f"error: config key 'train.output_dir' (run) is not one directory for all ranks: rank 1 on {host} does not see the file "
@@ -401,3 +414,22 @@ def test_an_output_dir_that_is_not_one_directory_for_all_ranks_stops_before_the_
         "from different working directories gives ranks different directories: use an absolute path on a filesystem every "
         "node mounts"], results
     assert [sorted(p.name for p in d.iterdir()) for d in dirs] == [[], []]  # no run directory, no probe left
+
+
+@pytest.mark.skipif(not _can_rename_host(), reason="needs `unshare -u` (a UTS namespace) to stand a rank on another host")
+def test_a_rank_on_another_host_looks_for_the_probe_and_one_that_sees_it_trains(tmp_path):
+    # Rank 1 "on another node" (its own host name, the same files): it looks for XMTC_SHARED_WAIT_S (2 s here) before it
+    # gives up, and with the same working directory it sees rank 0's probe and the run trains.
+    import socket
+
+    results = two_ranks([tmp_path / "node0", tmp_path / "node1"], tmp_path, other_host=True)
+    assert [rc for rc, _ in results] == [2, 2], results
+    errors = [line for _, out in results for line in out.splitlines() if "error: " in line]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: config key 'train.output_dir' (run) is not one directory for all ranks: rank 1 on xmtc-other-host does not "
+        f"see the file rank 0 on {socket.gethostname()} wrote into . (looked for 2 s)"), results
+    shared = tmp_path / "shared"
+    results = two_ranks([shared, shared], tmp_path, other_host=True)
+    assert [rc for rc, _ in results] == [0, 0], results
+    assert json.loads((shared / "run" / "final_metrics.json").read_text())["step"] == 2
+    assert not list(shared.glob(".xmtc-shared-*")) and not list((shared / "run").glob(".xmtc-shared-*"))
