@@ -166,3 +166,78 @@ def test_rank0_unable_to_write_stops_every_rank_with_one_sentence(tmp_path, case
     assert time.monotonic() - started < 300  # not the process-group timeout
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error: " in line]
     assert len(errors) == 1 and message in errors[0], errors
+
+
+@pytest.fixture
+def no_locks(monkeypatch):
+    """A filesystem without locks (Lustre's default noflock, NFS without a lock daemon): flock fails with ENOLCK."""
+    import errno
+    import fcntl
+
+    import xmtc.runlock as runlock
+
+    def flock(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    monkeypatch.setattr(runlock, "HEARTBEAT_S", 0.1)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    return runlock
+
+
+def _write_details(out: Path, age_s: float, **info) -> None:
+    import json
+    import socket
+
+    out.mkdir(parents=True, exist_ok=True)
+    details = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": "", "started": "then", **info}
+    (out / LOCK_NAME).write_text(json.dumps(details))
+    then = time.time() - age_s
+    os.utime(out / LOCK_NAME, (then, then))
+
+
+def test_without_locks_a_heartbeat_stands_in(tmp_path, no_locks):
+    # It was a warning and no guard: a second run into the directory set the first one's files aside as it trained.
+    out = tmp_path / "run"
+    first = RunLock(out)
+    assert first.acquire() is None and first.fd is not None
+    assert first.unsupported == (f"{out} cannot be locked (No locks available): a heartbeat in its {LOCK_NAME} stands in "
+                                 "(touched every 0.1 s; a second run stops while it is younger than 120 s)")
+    then = time.time() - 1000
+    os.utime(out / LOCK_NAME, (then, then))
+    time.sleep(0.5)
+    assert time.time() - (out / LOCK_NAME).stat().st_mtime < 5  # touched again by the heartbeat
+    second = RunLock(out)
+    for refusal in (second.holder(), second.acquire()):
+        assert refusal is not None and refusal.startswith(f"pid {os.getpid()} on host ")
+        assert "its lock file was touched 0 s ago (no locks on this filesystem: a heartbeat stands in)" in refusal
+    assert second.fd is None
+    assert first.still_held()
+    first.release()
+    assert (out / LOCK_NAME).read_text() == ""
+    assert second.holder() is None and second.acquire() is None  # released: the next run takes it
+    second.release()
+
+
+def test_without_locks_a_gone_holder_is_taken_over(tmp_path, no_locks, monkeypatch):
+    out = tmp_path / "run"
+    # Another node's run, touched 10 s ago: alive; 200 s ago (past STALE_S): gone.
+    _write_details(out, 10, host="xmtc-other-node", pid=1)
+    refusal = RunLock(out).acquire()
+    assert refusal is not None and refusal.startswith("pid 1 on host xmtc-other-node, since then; its lock file was touched 10 s ago")
+    _write_details(out, 200, host="xmtc-other-node", pid=1)
+    lock = RunLock(out)
+    assert lock.acquire() is None and f'"pid": {os.getpid()}' in (out / LOCK_NAME).read_text()
+    lock.release()
+    # This host's run whose process is gone (killed): taken over at once, however fresh its heartbeat.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _write_details(out, 0, pid=int(gone.stdout))
+    lock = RunLock(out)
+    assert lock.holder() is None and lock.acquire() is None
+    lock.release()
+    # This SLURM job's earlier start (a requeue after a node failure): never alive.
+    _write_details(out, 0, host="xmtc-other-node", pid=1, slurm_job="4242")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    lock = RunLock(out)
+    assert lock.acquire() is None
+    lock.release()
