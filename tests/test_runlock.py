@@ -235,9 +235,13 @@ def test_without_locks_a_gone_holder_is_taken_over(tmp_path, no_locks, monkeypat
     lock = RunLock(out)
     assert lock.holder() is None and lock.acquire() is None
     lock.release()
-    # This SLURM job's earlier start (a requeue after a node failure): never alive.
-    _write_details(out, 0, host="xmtc-other-node", pid=1, slurm_job="4242")
+    # This SLURM job's earlier start (a requeue after a node failure: the restart count grew): never alive; another
+    # step of the same start (the same count) is a run like any other.
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    _write_details(out, 0, host="xmtc-other-node", pid=1, slurm_job="4242", slurm_restart=1)
+    assert RunLock(out).acquire() is not None
+    _write_details(out, 0, host="xmtc-other-node", pid=1, slurm_job="4242", slurm_restart=0)
     lock = RunLock(out)
-    assert lock.acquire() is None
+    assert lock.acquire() is None and '"slurm_restart": 1' in (out / LOCK_NAME).read_text()
     lock.release()

@@ -14,7 +14,7 @@ heartbeat stands in: rank 0 writes its details into the lock file and touches it
 seconds, and a second run stops while the file holds another run's details that are alive: touched
 within STALE_S seconds, and, on this host, of a process that still exists (a killed run on the same
 host is gone at once; one on another node after STALE_S). An earlier start of the same SLURM job (a
-requeue) is never alive. Two runs starting within a moment of each other can both pass (each re-reads
+requeue: SLURM_RESTART_COUNT grew) is never alive; another step of the same start is judged like any run. Two runs starting within a moment of each other can both pass (each re-reads
 the file after writing it, which narrows the window but cannot close it without locks). After a node failure an NFS server keeps the dead node's lock until its lease
 ends (NFSv4: 90 s by default), so a requeued job (SLURM_RESTART_COUNT > 0) waits for the lock
 (XMTC_LOCK_WAIT_S, default 300 s there, 0 elsewhere) before it gives up.
@@ -87,13 +87,20 @@ def _details(fd: int) -> tuple[dict | None, float]:
         return None, 0.0
 
 
+def _restart_count() -> int:
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    except ValueError:
+        return 0
+
+
 def heartbeat_alive(info: dict | None, mtime: float) -> bool:
     """Without locks: whether the run whose details a lock file holds still runs (see the module docstring)."""
     if not info:
         return False
-    job = os.environ.get("SLURM_JOB_ID", "")
-    if job and str(info.get("slurm_job", "")) == job:
-        return False  # this job's earlier start: SLURM ended it before it requeued the job
+    job, restarts = os.environ.get("SLURM_JOB_ID", ""), _restart_count()
+    if job and str(info.get("slurm_job", "")) == job and int(info.get("slurm_restart", 0) or 0) < restarts:
+        return False  # this job's earlier start: SLURM ended it before it requeued the job (job steps of one start stay alive)
     if time.time() - mtime >= STALE_S:
         return False
     if info.get("host") == socket.gethostname():
@@ -187,7 +194,7 @@ class RunLock:
     @staticmethod
     def _info() -> dict:
         return {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID", ""),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "token": uuid.uuid4().hex}
+                "slurm_restart": _restart_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "token": uuid.uuid4().hex}
 
     def _take_without_locks(self, why: str) -> str | None:
         """Write this run's details into the lock file (replacing it whole), read them back after a moment (a run that
