@@ -98,17 +98,23 @@ def heartbeat_alive(info: dict | None, mtime: float) -> bool:
     """Without locks: whether the run whose details a lock file holds still runs (see the module docstring)."""
     if not info:
         return False
-    job, restarts = os.environ.get("SLURM_JOB_ID", ""), _restart_count()
-    if job and str(info.get("slurm_job", "")) == job and int(info.get("slurm_restart", 0) or 0) < restarts:
+    def number(key: str) -> int:  # details written by hand may hold anything
+        try:
+            return int(info.get(key, 0) or 0)
+        except (TypeError, ValueError, OverflowError):
+            return 0
+
+    job = os.environ.get("SLURM_JOB_ID", "")
+    if job and str(info.get("slurm_job", "")) == job and number("slurm_restart") < _restart_count():
         return False  # this job's earlier start: SLURM ended it before it requeued the job (job steps of one start stay alive)
     if time.time() - mtime >= STALE_S:
         return False
-    if info.get("host") == socket.gethostname():
+    if info.get("host") == socket.gethostname() and (pid := number("pid")) > 0:
         try:
-            os.kill(int(info.get("pid", -1)), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return False
-        except (PermissionError, ValueError, OverflowError):  # another user's process, or details written by hand
+        except (PermissionError, OverflowError):  # another user's process; a pid no process can have
             return True
     return True
 
