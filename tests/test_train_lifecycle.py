@@ -161,3 +161,53 @@ def test_weights_made_nan_by_the_last_update_are_one_sentence_not_a_checkpoint_a
                            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert f"train.resume: no checkpoint in {tmp_path / 'typo' / 'checkpoints'} (no 'latest'); starting from step 0" in fresh.stdout
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_sentence_and_resume_continues(tmp_path):
+    # A full disk at a save: torch.save's RuntimeError ("[enforce fail at inline_container.cc] unexpected pos ...") was a
+    # traceback. Here the files of step 4 go to /dev/full, which fails every write as a full disk does (ENOSPC).
+    out = tmp_path / "run"
+    script = (
+        "import sys, torch; sys.path.insert(0, 'launch'); import train\n"
+        "save = torch.save\n"
+        "def full(obj, f, *a, **k): return save(obj, '/dev/full' if 'step4' in str(f) else f, *a, **k)\n"
+        "torch.save = full\n"
+        "sys.exit(train.main(sys.argv[1:]))\n"
+    )
+    args = train_cmd(out, "--train.max_steps", "6", "--train.save_every", "2", "--train.eval_every", "0", kind="python")[2:]
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    ckpt = out / "checkpoints"
+    assert re.fullmatch(
+        rf"error: rank 0 could not write the checkpoint step4 into {re.escape(str(ckpt))} \(RuntimeError: \[enforce fail at "
+        r"inline_container\.cc:\d+\] .*: a full disk, a quota or a lost mount\); [0-9.]+ GiB free there now; the run stops, "
+        rf"the newest checkpoint is {re.escape(str(ckpt / 'step2'))}; continue with --train\.resume true once it can be written",
+        last), last
+    assert (ckpt / "latest").read_text().strip() == "step2"
+    resumed = subprocess.run(train_cmd(out, "--train.max_steps", "6", "--train.save_every", "2", "--train.eval_every", "0",
+                                       "--train.resume", "true", kind="python"),
+                             cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and json.loads((out / "final_metrics.json").read_text())["step"] == 6
+    assert (ckpt / "latest").read_text().strip() == "step6"
+    # The incomplete files of the failed save are set aside when the resumed run saves step 4 again.
+    assert "checkpoint tag step4 exists from an earlier run: moved it to step4.replaced1" in resumed.stdout
+    assert sorted(p.name for p in ckpt.iterdir()) == ["latest", "step2", "step4", "step4.replaced1", "step6"]
+
+
+def test_a_log_record_that_cannot_be_written_is_one_sentence(tmp_path):
+    # train_log.jsonl's writes go to /dev/full (ENOSPC, as a full disk): an OSError traceback from rank 0 before.
+    out = tmp_path / "run"
+    script = (
+        "import sys; sys.path.insert(0, 'launch'); import train, xmtc.trainer\n"
+        "append = xmtc.trainer.append_jsonl\n"
+        "xmtc.trainer.append_jsonl = lambda path, obj: append('/dev/full' if 'train_log' in str(path) else path, obj)\n"
+        "sys.exit(train.main(sys.argv[1:]))\n"
+    )
+    args = train_cmd(out, "--train.max_steps", "2", "--train.log_every", "1", kind="python")[2:]
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.fullmatch(rf"error: rank 0 could not write {re.escape(str(out / 'train_log.jsonl'))} \(No space left on device\); "
+                        r"[0-9.]+ GiB free there now; the run stops, no checkpoint was completed; continue with "
+                        r"--train\.resume true once it can be written", proc.stderr.strip().splitlines()[-1]), proc.stderr[-2000:]
