@@ -1,4 +1,5 @@
-"""How a training run stops before its last step: a stop signal (checkpoint, then exit 75 or 130) or divergence.
+"""How a training run stops before its last step: a stop signal (checkpoint, then exit 75 or 130), divergence, or a
+write that fails (a full disk).
 
 The trainer asks here at each step boundary whether any rank received SIGUSR1/SIGTERM/SIGINT
 (`StopSignal.any_rank`) and, before each save, whether the weights are still finite
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import torch
 
 from xmtc.config import UserError
 from xmtc.distributed import all_reduce_max
+from xmtc.runlock import OutputDirError
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: checkpointed on a signal, run again with train.resume
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C: checkpointed, and not to be requeued
@@ -92,3 +95,34 @@ def weights_finite(module: torch.nn.Module, device) -> bool:
     if bounds:
         bad = bad + (~torch.isfinite(torch.stack([b.float().to(device) for b in bounds]))).any().float()
     return all_reduce_max(bad).item() == 0
+
+
+def free_gib(path: Path) -> float | None:
+    """GiB free to this user on the filesystem of `path` (or of its nearest existing parent); None if unknown."""
+    for p in (path, *path.parents):
+        try:
+            st = os.statvfs(p)
+        except OSError:
+            continue
+        return st.f_bavail * st.f_frsize / 2**30
+    return None
+
+
+def write_failed(what: str, where: Path, e: BaseException, newest: Path | None) -> OutputDirError:
+    """One sentence for a write of the run that failed (a full disk, a quota, a lost mount): what, why, the room left, and
+    where the run can continue from. torch.save says a failed write in its own words ("unexpected pos ...")."""
+    if isinstance(e, OSError) and e.strerror:
+        why = e.strerror
+    else:
+        why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}: a full disk, a quota or a lost mount"
+    free = free_gib(where)
+    return OutputDirError(
+        f"rank {os.environ.get('RANK', '0')} could not write {what} ({why})" + (f"; {free:.1f} GiB free there now" if free is not None else "")
+        + "; the run stops, " + (f"the newest checkpoint is {newest}" if newest else "no checkpoint was completed")
+        + "; continue with --train.resume true once it can be written"
+    )
+
+
+def torch_save_failed(e: RuntimeError) -> bool:
+    """Whether `e` is torch.save's report of a write that failed (its zip writer's words, not an OSError)."""
+    return any(x in str(e) for x in ("inline_container", "PytorchStreamWriter", "file write failed"))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -58,7 +57,8 @@ from xmtc.optim import build_optimizer, configured_settings, lr_lambda
 from xmtc.plots import CURVES_FILE, TRAIN_LOG_FILE, read_records, write_curves
 from xmtc.parallel import load_checkpoint, parallelize
 from xmtc.runlock import LOCK_NAME, DirectoryInUse, OutputDirError, RunLock, in_use_message, lock_wait_s
-from xmtc.stopping import DIVERGED_ADVICE, EXIT_INTERRUPTED, EXIT_REQUEUE, Diverged, Preempted, StopSignal, weights_finite
+from xmtc.stopping import (DIVERGED_ADVICE, EXIT_INTERRUPTED, EXIT_REQUEUE, Diverged, Preempted, StopSignal, torch_save_failed,
+                           weights_finite, write_failed)
 
 def dropout_seed(seed: int, micro_step: int, rank: int) -> int:
     """The RNG seed of one micro-batch (step x accumulation + index) on one rank: dropout depends on
@@ -154,37 +154,6 @@ def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
-
-
-def free_gib(path: Path) -> float | None:
-    """GiB free to this user on the filesystem of `path` (or of its nearest existing parent); None if unknown."""
-    for p in (path, *path.parents):
-        try:
-            st = os.statvfs(p)
-        except OSError:
-            continue
-        return st.f_bavail * st.f_frsize / 2**30
-    return None
-
-
-def write_failed(what: str, where: Path, e: BaseException, newest: Path | None) -> OutputDirError:
-    """One sentence for a write of the run that failed (a full disk, a quota, a lost mount): what, why, the room left, and
-    where the run can continue from. torch.save says a failed write in its own words ("unexpected pos ...")."""
-    if isinstance(e, OSError) and e.strerror:
-        why = e.strerror
-    else:
-        why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}: a full disk, a quota or a lost mount"
-    free = free_gib(where)
-    return OutputDirError(
-        f"rank {os.environ.get('RANK', '0')} could not write {what} ({why})" + (f"; {free:.1f} GiB free there now" if free is not None else "")
-        + "; the run stops, " + (f"the newest checkpoint is {newest}" if newest else "no checkpoint was completed")
-        + "; continue with --train.resume true once it can be written"
-    )
-
-
-def torch_save_failed(e: RuntimeError) -> bool:
-    """Whether `e` is torch.save's report of a write that failed (its zip writer's words, not an OSError)."""
-    return any(x in str(e) for x in ("inline_container", "PytorchStreamWriter", "file write failed"))
 
 
 def claim_output_dir(lock: RunLock, dist_info: DistInfo, take: bool) -> None:
@@ -410,10 +379,11 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
                 + (f"; its newest checkpoint was {last_saved[1]}" if last_saved else "")
             )
 
-    def log_write(write, path: Path, record: dict) -> None:
-        """Rank 0's write of a log record; a failed one is one sentence (the other ranks end with the launcher)."""
+    def log_write(path: Path, write) -> None:
+        """Rank 0's `write()` of `path` (a log record, the curves); a failed one is one sentence (the other ranks end
+        with the launcher)."""
         try:
-            write(path, record)
+            write()
         except OSError as e:
             raise write_failed(str(path), path.parent, e, ckpt_dir / last_saved[1] if last_saved else None) from None
 
@@ -507,10 +477,11 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
         record = {"split": split, "step": step, "epoch": step / sampler.steps_per_epoch, "samples_per_s": samples_per_s,
                   "train_loss": last_loss, "lr": float(engine.get_lr()[0]), **metrics, **extra}
         if dist_info.is_main:
-            log_write(append_jsonl, out / "metrics.jsonl", record)
+            log_write(out / "metrics.jsonl", lambda: append_jsonl(out / "metrics.jsonl", record))
             if cfg.train.plot:
-                write_curves(read_records(out / "metrics.jsonl"), out / CURVES_FILE, title=f"{cfg.model.name} - {out}",
-                             train_records=read_records(out / TRAIN_LOG_FILE))
+                log_write(out / CURVES_FILE, lambda: write_curves(read_records(out / "metrics.jsonl"), out / CURVES_FILE,
+                                                                  title=f"{cfg.model.name} - {out}",
+                                                                  train_records=read_records(out / TRAIN_LOG_FILE)))
             if engine.monitor is not None and engine.monitor.enabled:
                 engine.monitor.write_events([(f"Eval/{split}/{k}", v, step) for k, v in metrics.items()])
         return record
@@ -557,9 +528,9 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
                     fields = {"loss": f"{last_loss:.4f}", "samples_s": f"{samples_per_s:.0f}", "lr": f"{engine.get_lr()[0]:.2e}",
                               **{k: f"{v:.2f}" for k, v in memory.items()}}
                     if dist_info.is_main:
-                        log_write(append_jsonl, out / TRAIN_LOG_FILE, {"step": step, "epoch": step / sampler.steps_per_epoch, "train_loss": last_loss,
-                                                            "lr": float(engine.get_lr()[0]), "samples_per_s": samples_per_s,
-                                                            **memory})
+                        log = {"step": step, "epoch": step / sampler.steps_per_epoch, "train_loss": last_loss,
+                               "lr": float(engine.get_lr()[0]), "samples_per_s": samples_per_s, **memory}
+                        log_write(out / TRAIN_LOG_FILE, lambda: append_jsonl(out / TRAIN_LOG_FILE, log))
                     if bar is not None:
                         bar.set_postfix(**fields)
                     else:  # no bar (train.progress false, or a log file): a plain line per log step, rank 0 only
@@ -610,6 +581,6 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
              "train_samples_per_s": trained_steps * samples_per_step / max(train_time, 1e-9),
              **memory_stats(dist_info.device)}
     if dist_info.is_main:
-        log_write(atomic_write_json, out / "final_metrics.json", final)
+        log_write(out / "final_metrics.json", lambda: atomic_write_json(out / "final_metrics.json", final))
         print0(format_table({k: v for k, v in final.items() if k not in ("step", "epoch")}, title=f"final metrics (step {step}" + (f", the weights of step {selection['selected_step']}" if selection else "") + f", {out})"))
     return final
