@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -303,3 +304,30 @@ def test_a_full_disk_during_the_build_is_one_sentence(small_xmtc, make_cfg, cach
     assert [p.name for p in Path(cache_dir).iterdir() if not p.name.endswith(".lock")] == ["file_hashes"]  # no half-built copy
     monkeypatch.undo()
     assert not load(make_cfg, small_xmtc).cache_hit
+
+
+def test_a_corpus_build_says_its_phases_and_shows_a_bar_on_a_terminal(tmp_path):
+    # Building Amazon-670K's cache takes minutes; it was silent. Each phase of a second or more is a line (every phase
+    # here, with the threshold at 0), and on a terminal a bar counts the documents being encoded.
+    import subprocess
+    import sys
+
+    from launch_helpers import ROOT, env, stderr_on_a_terminal
+
+    script = ("from xmtc.config import load_config\nfrom xmtc.data import load_corpus\nfrom xmtc.data.loader import BuildProgress\n"
+              "BuildProgress.SHOWN_S = 0.0\n"
+              f"cfg = load_config('debug_xml_cnn', ['--data.cache_dir', {str(tmp_path / 'cache')!r}])\n"
+              "load_corpus(cfg.data, cfg.synthetic)\nload_corpus(cfg.data, cfg.synthetic)\n")
+    rc, seen = stderr_on_a_terminal([sys.executable, "-c", script])
+    assert rc == 0, seen[-2000:]
+    lines = [line.strip() for line in seen.replace("\r", "\n").splitlines() if line.strip().startswith("corpus:")]
+    phases = [line.split(" in ")[0] for line in lines if re.search(r" in [0-9.]+ s$", line)]
+    assert phases == ["corpus: read 1,600 train / 200 test documents", "corpus: label vocabulary of 200 labels",
+                      "corpus: whitespace tokenizer of 2,186 tokens trained", "corpus: train encoded and written",
+                      "corpus: test encoded and written"], lines  # once: the second load is a cache hit
+    assert any(line.startswith("corpus: encode train") and "/1600 [" in line for line in lines), lines
+    # In a log file (a pipe here): the phase lines, no bar.
+    piped = subprocess.run([sys.executable, "-c", script.replace(str(tmp_path / "cache"), str(tmp_path / "cache2"))],
+                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0 and "corpus: read 1,600 train / 200 test documents in " in piped.stderr, piped.stderr
+    assert "corpus: encode" not in piped.stderr, piped.stderr

@@ -32,6 +32,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -233,11 +234,14 @@ def _list_array(rows: list[list[int]]) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
-def encode_split(tokenizer: Any, split: RawSplit, labels: list[list[int]], max_len: int, stats: dict[str, int]) -> pa.Table:
+def encode_split(tokenizer: Any, split: RawSplit, labels: list[list[int]], max_len: int, stats: dict[str, int],
+                 done: Callable[[int], Any] = lambda n: None) -> pa.Table:
+    """The tokenized split as an Arrow table; `done(n)` after each chunk of n documents."""
     s = split.name
     ids_chunks, label_chunks = [], []
     for lo in range(0, len(split.texts), ENCODE_CHUNK):
         full = tokenizer.encode_batch(split.texts[lo : lo + ENCODE_CHUNK])
+        done(len(full))
         lengths = np.fromiter(map(len, full), dtype=np.int64, count=len(full))
         _count(stats, f"{s}_docs_without_tokens", (lengths == 0).sum())
         _count(stats, f"{s}_truncated", (lengths > max_len).sum())
@@ -283,8 +287,35 @@ def encode_labeled_files(corpus: Corpus, texts_path: str | Path, labels_path: st
     return as_dataset(encode_split(corpus.tokenizer, raw, ids, data.max_len, stats)), stats
 
 
-def build_corpus(directory: Path, raw: RawCorpus, data: DataConfig) -> None:
-    """Label vocabulary, tokenizer and tokenized splits -> `directory` (meta.json last)."""
+class BuildProgress:
+    """What the process that builds a corpus cache says while it works (minutes for Amazon-670K's half a million
+    documents): on stderr a line for each phase that took a second or more, and on a terminal a bar over the documents
+    being encoded. A small corpus builds in silence."""
+
+    SHOWN_S = 1.0
+
+    def __init__(self):
+        self.mark = time.perf_counter()
+
+    def phase(self, what: str) -> None:
+        now = time.perf_counter()
+        if now - self.mark >= self.SHOWN_S:
+            print(f"corpus: {what} in {now - self.mark:.1f} s", file=sys.stderr, flush=True)
+        self.mark = now
+
+    @staticmethod
+    def bar(total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit="doc", file=sys.stderr, disable=None, dynamic_ncols=True, mininterval=1.0,
+                    leave=False)
+
+
+def build_corpus(directory: Path, read: Callable[[], RawCorpus], data: DataConfig) -> None:
+    """Label vocabulary, tokenizer and tokenized splits of what `read()` returns -> `directory` (meta.json last)."""
+    progress = BuildProgress()
+    raw = read()
+    progress.phase("read " + " / ".join(f"{len(split.texts):,} {name}" for name, split in raw.splits.items()) + " documents")
     stats = {}
     for split in raw.splits.values():
         if not split.texts:
@@ -298,10 +329,15 @@ def build_corpus(directory: Path, raw: RawCorpus, data: DataConfig) -> None:
     index = {n: i for i, n in enumerate(names)}
     # Labels before the tokenizer: an unseen-label error should come before minutes of training it.
     ids = {s: label_ids(split, index, data.unseen_labels, stats) for s, split in raw.splits.items()}
+    progress.phase("label vocabulary of {:,} labels".format(len(names)))
     tokenizer = tok.train_tokenizer(data.tokenizer, raw.splits["train"].texts, data.vocab_size, data.min_count, raw.pretokenized)
     tokenizer.save(directory)
+    progress.phase(f"{data.tokenizer} tokenizer of {tokenizer.vocab_size:,} tokens trained")
     for s, split in raw.splits.items():
-        as_dataset(encode_split(tokenizer, split, ids[s], data.max_len, stats)).save_to_disk(str(directory / s))
+        with progress.bar(len(split.texts), f"corpus: encode {s}") as bar:
+            table = encode_split(tokenizer, split, ids[s], data.max_len, stats, bar.update)
+        as_dataset(table).save_to_disk(str(directory / s))
+        progress.phase(f"{s} encoded and written")
     meta = {
         "splits": [s for s in SPLITS if s in raw.splits],
         "vocab_size": tokenizer.vocab_size,
@@ -425,7 +461,7 @@ def load_corpus(data: DataConfig, synth: SyntheticConfig, log: Callable[[str], N
     source, read = source_inputs(data, synth)  # path checks first: a missing file fails in a moment
     inputs = cache_inputs(data, source)
     with quiet_datasets():
-        path, hit = build_once(data.cache_dir, cache_key(inputs), inputs, lambda tmp: build_corpus(tmp, read(), data))
+        path, hit = build_once(data.cache_dir, cache_key(inputs), inputs, lambda tmp: build_corpus(tmp, read, data))
         corpus = open_corpus(path, hit)
     hold_out_validation(corpus, data, log or logger.info)
     st = corpus.stats
