@@ -180,7 +180,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_sentence_and_resume_continue
     last = proc.stderr.strip().splitlines()[-1]
     ckpt = out / "checkpoints"
     assert re.fullmatch(
-        rf"error: rank 0 could not write the checkpoint step4 into {re.escape(str(ckpt))} \(RuntimeError: \[enforce fail at "
+        rf"error: could not write the checkpoint step4 into {re.escape(str(ckpt))} \(RuntimeError: \[enforce fail at "
         r"inline_container\.cc:\d+\] .*: a full disk, a quota or a lost mount\); [0-9.]+ GiB free there now; the run stops, "
         rf"the newest checkpoint is {re.escape(str(ckpt / 'step2'))}; continue with --train\.resume true once it can be written",
         last), last
@@ -208,6 +208,34 @@ def test_a_log_record_that_cannot_be_written_is_one_sentence(tmp_path):
     args = train_cmd(out, "--train.max_steps", "2", "--train.log_every", "1", kind="python")[2:]
     proc = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert re.fullmatch(rf"error: rank 0 could not write {re.escape(str(out / 'train_log.jsonl'))} \(No space left on device\); "
+    assert re.fullmatch(rf"error: could not write {re.escape(str(out / 'train_log.jsonl'))} \(No space left on device\); "
                         r"[0-9.]+ GiB free there now; the run stops, no checkpoint was completed; continue with "
                         r"--train\.resume true once it can be written", proc.stderr.strip().splitlines()[-1]), proc.stderr[-2000:]
+
+
+def test_latest_never_names_a_tag_that_a_rank_failed_to_write(tmp_path):
+    # DeepSpeed's rank 0 wrote `latest` after its own files, before the barrier that waits for the others': when rank 1
+    # failed to write its part of step 4, `latest` named step 4 all the same, and a resume met the missing file.
+    out = tmp_path / "run"
+    wrapper = tmp_path / "full_on_rank1.py"
+    wrapper.write_text(
+        "import os, sys, torch\n"
+        f"sys.path.insert(0, {str(ROOT / 'launch')!r})\n"
+        "import train\n"
+        "save = torch.save\n"
+        "def full(obj, f, *a, **k):\n"
+        "    return save(obj, '/dev/full' if os.environ['RANK'] == '1' and 'step4' in str(f) else f, *a, **k)\n"
+        "torch.save = full\n"
+        "sys.exit(train.main(sys.argv[1:]))\n")
+    from launch_helpers import launcher
+
+    # ZeRO-1: every rank writes its optimizer partition (at ZeRO-0 rank 0 writes all).
+    args = train_cmd(out, "--train.max_steps", "6", "--train.save_every", "2", "--train.eval_every", "0",
+                     "--deepspeed.zero_optimization.stage", "1")[len(launcher("deepspeed")) + 1:]
+    proc = subprocess.run([*launcher("torchrun"), str(wrapper), *args], cwd=ROOT, env={**env(), "XMTC_ERROR_WAIT_S": "2"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error: " in line]
+    assert any(line.startswith(f"error: rank 1: could not write the checkpoint step4 into {out / 'checkpoints'} (RuntimeError: ")
+               for line in errors), errors
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step2"

@@ -110,14 +110,15 @@ def free_gib(path: Path) -> float | None:
 
 def write_failed(what: str, where: Path, e: BaseException, newest: Path | None) -> OutputDirError:
     """One sentence for a write of the run that failed (a full disk, a quota, a lost mount): what, why, the room left, and
-    where the run can continue from. torch.save says a failed write in its own words ("unexpected pos ...")."""
+    where the run can continue from (a rank other than 0 says it as "rank N: ..."). torch.save says a failed write in
+    its own words ("unexpected pos ...")."""
     if isinstance(e, OSError) and e.strerror:
         why = e.strerror
     else:
         why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}: a full disk, a quota or a lost mount"
     free = free_gib(where)
     return OutputDirError(
-        f"rank {os.environ.get('RANK', '0')} could not write {what} ({why})" + (f"; {free:.1f} GiB free there now" if free is not None else "")
+        f"could not write {what} ({why})" + (f"; {free:.1f} GiB free there now" if free is not None else "")
         + "; the run stops, " + (f"the newest checkpoint is {newest}" if newest else "no checkpoint was completed")
         + "; continue with --train.resume true once it can be written"
     )

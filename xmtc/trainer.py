@@ -410,8 +410,13 @@ def _train(cfg: Config, local_rank_arg: int | None, lock: RunLock) -> dict:
                 torch.distributed.barrier()
             written.add(tag)
         try:
-            engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": tag_step, "train_loss": last_loss}, save_latest=latest)
+            # `latest` is written here, not by DeepSpeed: its rank 0 writes it after its own files, before the barrier
+            # that waits for the other ranks', so a rank that failed to write left `latest` naming an incomplete tag.
+            # Past that barrier (and the plan's) every rank's files are written; a rank that failed raised instead.
+            engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": tag_step, "train_loss": last_loss}, save_latest=False)
             plan.save_checkpoint(engine, ckpt_dir, tag)
+            if latest and dist_info.is_main:
+                atomic_write_text(ckpt_dir / "latest", tag)
         except (OSError, RuntimeError) as e:
             if isinstance(e, RuntimeError) and not torch_save_failed(e):
                 raise
